@@ -1,0 +1,21 @@
+"""refiner: vanilla and refined Vision Transformers, attention capture and checkpoints.
+
+The public API:
+    create_model, list_models      build any timm ViT or one of our registered (refined) models
+    refine                         turn a timm ViT into a paper-mode refined one
+    capture_attention              context manager recording every block's softmax and effective maps
+    save_checkpoint, load_checkpoint, load_training_state, CheckpointError
+"""
+
+from .capture import AttentionCapture, CaptureMismatchError, capture_attention
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_training_state, save_checkpoint
+from .model_geometry import AttentionMeta
+from .refine import refine
+from .refined_attention import RefinedAttention
+from .registry import create_model, list_models
+
+__all__ = [
+    "AttentionCapture", "AttentionMeta", "CaptureMismatchError", "Checkpoint", "CheckpointError",
+    "RefinedAttention", "capture_attention", "create_model", "list_models", "load_checkpoint",
+    "load_training_state", "refine", "save_checkpoint",
+]
