@@ -75,13 +75,40 @@ class AttentionRefinement(nn.Module):
         Returns:
             (B, H, N, N) refinement term; it is not a probability matrix.
         """
-        x = F.relu6(self.expand_norm(self.expand(attn)))
+        # Work channels-last: the head axis is the innermost one, so the two 1x1 convolutions are plain
+        # matmuls (F.linear) and the depthwise conv and BatchNorm take oneDNN's fast NHWC paths; about 2x
+        # faster on a CPU than NCHW convolutions (benchmarks/core_overhead.py).
+        heads, channels = self.num_heads, self.expand.out_channels
+        if not self.training:
+            return self._forward_folded(attn, num_prefix_tokens, grid_size)
+        x = F.linear(attn.permute(0, 2, 3, 1), self.expand.weight.view(channels, heads))  # (B, N, N, rH)
+        x = F.relu6(self.expand_norm(x.permute(0, 3, 1, 2)))  # (B, rH, N, N), channels-last strides
         if self.layout == "sequence":
             x = self.local(x)
         else:
             x = self._local_spatial(x, num_prefix_tokens, grid_size)
         x = F.relu6(self.local_norm(x))
-        return self.reduce_norm(self.reduce(x))
+        x = F.linear(x.permute(0, 2, 3, 1), self.reduce.weight.view(heads, channels))  # (B, N, N, H)
+        return self.reduce_norm(x.permute(0, 3, 1, 2))
+
+    def _forward_folded(self, attn: torch.Tensor, num_prefix_tokens: int,
+                        grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """Eval-mode forward with each BatchNorm folded into the conv before it (same result, 3 fewer passes)."""
+        heads, channels = self.num_heads, self.expand.out_channels
+        scale1, shift1 = _bn_affine(self.expand_norm)
+        scale2, shift2 = _bn_affine(self.local_norm)
+        scale3, shift3 = _bn_affine(self.reduce_norm)
+        x = F.linear(attn.permute(0, 2, 3, 1), self.expand.weight.view(channels, heads) * scale1[:, None], shift1)
+        x = F.relu6(x.permute(0, 3, 1, 2))
+        if self.layout == "sequence":
+            x = F.conv2d(x, self.local.weight * scale2.view(-1, 1, 1, 1), shift2, padding=self.kernel // 2,
+                         groups=channels)
+        else:
+            x = self._local_spatial(x, num_prefix_tokens, grid_size)
+            x = x * scale2.view(1, -1, 1, 1) + shift2.view(1, -1, 1, 1)
+        x = F.relu6(x)
+        x = F.linear(x.permute(0, 2, 3, 1), self.reduce.weight.view(heads, channels) * scale3[:, None], shift3)
+        return x.permute(0, 3, 1, 2)
 
     def _local_spatial(self, x: torch.Tensor, num_prefix_tokens: int,
                        grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
@@ -111,3 +138,9 @@ class AttentionRefinement(nn.Module):
         out = x.clone()
         out[:, :, num_prefix_tokens:, num_prefix_tokens:] = local
         return out
+
+
+def _bn_affine(norm: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) such that eval-mode ``norm(x) == x * scale + shift`` per channel."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale

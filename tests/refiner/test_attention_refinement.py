@@ -60,6 +60,27 @@ def test_spatial_layout_is_a_4d_depthwise_conv_on_the_patch_grid() -> None:
     torch.testing.assert_close(body._local_spatial(x, prefix, (gh, gw)), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["sequence", "spatial"])
+def test_eval_mode_folding_equals_batchnorm_with_running_statistics(layout: str) -> None:
+    body = AttentionRefinement(num_heads=2, ratio=2, kernel=3, layout=layout)
+    for norm in (body.expand_norm, body.local_norm, body.reduce_norm):
+        norm.running_mean.uniform_(-0.2, 0.2)
+        norm.running_var.uniform_(0.5, 1.5)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.1, 0.1)
+    body.eval()
+    attn = torch.rand(2, 2, 10, 10).softmax(-1)
+
+    def bn(x, m):
+        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    x = F.relu6(bn(F.conv2d(attn, body.expand.weight), body.expand_norm))
+    x = body._local_spatial(x, 1, (3, 3)) if layout == "spatial" else body.local(x)
+    x = F.relu6(bn(x, body.local_norm))
+    expected = bn(F.conv2d(x, body.reduce.weight), body.reduce_norm)
+    torch.testing.assert_close(body(attn, 1, (3, 3)), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_bad_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="layout"):
         AttentionRefinement(2, layout="diagonal")
