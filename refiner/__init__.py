@@ -10,6 +10,7 @@ The public API:
 from .capture import AttentionCapture, CaptureMismatchError, capture_attention
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_training_state, save_checkpoint
 from .model_geometry import AttentionMeta
+from . import official_refiner_vit  # noqa: F401  (registers refiner_vit_s/m/l with timm)
 from .refine import refine
 from .refined_attention import RefinedAttention
 from .registry import create_model, list_models

@@ -115,3 +115,22 @@ def test_stacked_maps() -> None:
     with refiner.capture_attention(model) as rec:
         model(torch.randn(2, 3, 32, 32))
     assert rec.stacked().shape == (2, 4, 4, 65, 65)
+
+
+@pytest.mark.parametrize("name", refiner.list_models())
+def test_capture_works_for_every_registered_name(name: str) -> None:
+    official = name.startswith("refiner_vit_")
+    size = 32
+    kwargs = dict(img_size=size, depth=2 if not official else 4, embed_dim=32, num_heads=2, num_classes=3)
+    if not official:
+        kwargs["patch_size"] = 16 if "patch16" in name else 8
+    model = refiner.create_model(name, **kwargs).eval()
+    with torch.no_grad(), refiner.capture_attention(model) as rec:
+        model(torch.randn(2, 3, size, size))
+    n = rec.meta.num_tokens
+    assert all(e.shape == (2, 2, n, n) for e in rec.effective)
+    assert all(err < 1e-4 for err in rec.max_abs_error.values())
+    for soft in rec.softmax:
+        if soft is not None:
+            torch.testing.assert_close(soft.sum(-1), torch.ones(2, 2, n))
+    assert all_hooks(model) == 0
