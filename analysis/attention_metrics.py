@@ -1,0 +1,169 @@
+"""The whole DESIGN section 5 metric suite for one model's maps on one image, as a flat table of arrays.
+
+`compute_map_metrics` is what the per-image pipeline, the dataset pipeline and the latency benchmark run.
+It normalises the maps once and calls the pure metric functions of the sibling modules. Results are a
+``dict[str, np.ndarray]`` whose keys and axes are described by `METRICS`, so aggregation, export and
+figures can treat every metric alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .blas_threads import single_blas_thread
+from .head_diversity import effective_number_of_heads, head_cosine_from_unit_columns, head_js_matrix
+from .locality import locality_metrics, negative_mass_fraction
+from .localisation import localisation
+from .normalization import Normalize, as_float_array, check_mode, normalize_rows
+from .rollout import HeadFusion, attention_rollout, rollout_cls_map
+from .similarity import (adjacent_layer_similarity, layer_cosines_from_unit_columns, similar_block_counts,
+                         similarity_from_cosines, unit_columns)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What one metric key holds.
+
+    Attributes:
+        axes: names of its axes ("layer", "head", "layer2", "query", "key", "row", "col"); () for scalars.
+        label: human-readable name with unit, for figures and tables.
+        summary: whether it is a small per-image summary kept for dataset statistics (maps are not).
+    """
+
+    axes: Tuple[str, ...]
+    label: str
+    summary: bool = True
+
+
+METRICS: Dict[str, MetricInfo] = {
+    "similarity": MetricInfo(("layer", "layer2"), "cross-layer similarity (column cosine)"),
+    "similarity_share": MetricInfo(("layer", "layer2"), "share of (head, key) cosines above tau"),
+    "adjacent_similarity": MetricInfo(("layer",), "similarity with the next layer"),
+    "similar_blocks": MetricInfo(("layer",), "number of similar blocks"),
+    "head_cosine": MetricInfo(("layer", "head", "head2"), "column cosine between heads"),
+    "head_diversity": MetricInfo(("layer",), "head diversity (1 - mean cosine)"),
+    "head_js": MetricInfo(("layer",), "mean Jensen-Shannon distance between heads"),
+    "effective_heads": MetricInfo(("layer",), "effective number of heads"),
+    "distance_px": MetricInfo(("layer", "head"), "mean attention distance (pixels)"),
+    "distance_patches": MetricInfo(("layer", "head"), "mean attention distance (patches)"),
+    "cls_entropy": MetricInfo(("layer", "head"), "CLS-query entropy / log N"),
+    "patch_entropy": MetricInfo(("layer", "head"), "patch-query entropy / log N"),
+    "grid_mass": MetricInfo(("layer", "head"), "grid-neighbourhood mass"),
+    "band_mass": MetricInfo(("layer", "head"), "sequence-band mass"),
+    "diagonal_mass": MetricInfo(("layer", "head"), "diagonal mass"),
+    "prefix_mass": MetricInfo(("layer", "head"), "prefix (sink) mass"),
+    "negative_fraction": MetricInfo(("layer", "head"), "negative-mass fraction"),
+    "rollout": MetricInfo(("query", "key"), "attention rollout", summary=False),
+    "rollout_cls": MetricInfo(("row", "col"), "rollout of the CLS query (share of patch mass)", summary=False),
+    "cls_in_box": MetricInfo(("layer", "head"), "CLS attention inside the box (share)"),
+    "rollout_in_box": MetricInfo((), "rollout mass inside the box (share)"),
+    "pointing_hit": MetricInfo((), "rollout maximum inside the box (0/1)"),
+    "box_chance": MetricInfo((), "uniform attention inside the box (share)"),
+}
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """Every knob of the metric suite, recorded in export manifests.
+
+    Attributes:
+        normalize: row normalisation of non-stochastic maps ("none", "abs_rownorm", "clip_rownorm").
+        tau: per-(head, key) cosine threshold of the cross-layer "share above tau".
+        block_threshold: layer-mean similarity from which two blocks count as similar.
+        grid_radius: Chebyshev radius (patches) of the grid-neighbourhood mass.
+        band_width: half-width |i - j| <= k of the sequence-band mass.
+        head_fusion: rollout head fusion ("mean", "max", "min").
+        discard_ratio: rollout share of lowest entries discarded per layer.
+        map_kind: which captured map the metrics read ("effective" multiplies V; "softmax" is the block's
+            own softmax, absent for some official Refiner-ViT blocks).
+    """
+
+    normalize: Normalize = "abs_rownorm"
+    tau: float = 0.5
+    block_threshold: float = 0.9
+    grid_radius: int = 1
+    band_width: int = 1
+    head_fusion: HeadFusion = "mean"
+    discard_ratio: float = 0.0
+    map_kind: str = "effective"
+
+    def __post_init__(self) -> None:
+        check_mode(self.normalize)
+        if self.map_kind not in ("effective", "softmax"):
+            raise ValueError(f"map_kind must be 'effective' or 'softmax', got {self.map_kind!r}")
+
+    def to_dict(self) -> Dict[str, object]:
+        """Plain dict for JSON manifests."""
+        return asdict(self)
+
+
+def compute_map_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int],
+                        patch_size: Tuple[int, int], settings: MetricSettings = MetricSettings(),
+                        box: Optional[Sequence[float]] = None) -> Dict[str, np.ndarray]:
+    """Every section 5 metric of one model's maps on one image.
+
+    Args:
+        maps: (L, H, N, N) maps (float32 or float64), N = K + Gh * Gw.
+        num_prefix_tokens: K.
+        grid: (Gh, Gw).
+        patch_size: (ph, pw) in pixels.
+        settings: `MetricSettings`.
+        box: optional (x0, y0, x1, y1) object box in input pixels; adds the localisation keys.
+
+    Returns:
+        ``{key: array}`` with the axes given by `METRICS` (L layers, H heads, N tokens).
+    """
+    maps = as_float_array(maps)
+    if maps.ndim != 4 or maps.shape[-1] != maps.shape[-2]:
+        raise ValueError(f"maps must be (L, H, N, N), got {maps.shape}")
+    grid, patch_size = (int(grid[0]), int(grid[1])), (int(patch_size[0]), int(patch_size[1]))
+    with single_blas_thread():
+        return _compute(maps, num_prefix_tokens, grid, patch_size, settings, box)
+
+
+def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], patch_size: Tuple[int, int],
+             settings: MetricSettings, box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
+    # Normalise once; every function below then runs with normalize="none" on the same rows, and the
+    # unit-column maps are shared by the cross-layer and cross-head cosines.
+    rows = normalize_rows(maps, settings.normalize)
+    unit = unit_columns(rows)
+    similarity = similarity_from_cosines(layer_cosines_from_unit_columns(unit, unit), settings.tau)
+    local = locality_metrics(rows, num_prefix_tokens, grid, patch_size, "none", settings.grid_radius,
+                             settings.band_width)
+    head_cos = head_cosine_from_unit_columns(unit)
+    heads = head_cos.shape[-1]
+    off_diagonal = (head_cos.sum(axis=(1, 2)) - np.trace(head_cos, axis1=1, axis2=2)) / max(heads * (heads - 1), 1)
+    js = head_js_matrix(rows, "none")
+    rollout = attention_rollout(rows, settings.head_fusion, settings.discard_ratio, "none")
+    out: Dict[str, np.ndarray] = {
+        "similarity": similarity.matrix,
+        "similarity_share": similarity.share_above_tau,
+        "adjacent_similarity": adjacent_layer_similarity(similarity.matrix),
+        "similar_blocks": similar_block_counts(similarity.matrix, settings.block_threshold).astype(np.float64),
+        "head_cosine": head_cos,
+        "head_diversity": 1.0 - off_diagonal if heads > 1 else np.zeros(len(rows)),
+        "head_js": js.sum(axis=(1, 2)) / max(heads * (heads - 1), 1),
+        "effective_heads": effective_number_of_heads(rows, "none"),
+        "distance_px": local.distance_px,
+        "distance_patches": local.distance_patches,
+        "cls_entropy": local.cls_entropy,
+        "patch_entropy": local.patch_entropy,
+        "grid_mass": local.grid_mass,
+        "band_mass": local.band_mass,
+        "diagonal_mass": local.diagonal_mass,
+        "prefix_mass": local.prefix_mass,
+        # Negative mass is a property of the raw map, before any normalisation.
+        "negative_fraction": negative_mass_fraction(maps),
+        "rollout": rollout,
+        "rollout_cls": rollout_cls_map(rollout, num_prefix_tokens, grid) if num_prefix_tokens > 0
+        else rollout[num_prefix_tokens:, num_prefix_tokens:].mean(axis=0).reshape(grid),
+    }
+    if box is not None and num_prefix_tokens > 0:
+        loc = localisation(rows, rollout, box, num_prefix_tokens, grid, patch_size, "none")
+        out.update(cls_in_box=loc.cls_in_box, rollout_in_box=np.float64(loc.rollout_in_box),
+                   pointing_hit=np.float64(loc.pointing_hit), box_chance=np.float64(loc.chance))
+    return {key: np.asarray(value) for key, value in out.items()}
+

@@ -1,0 +1,241 @@
+"""How different the heads of one layer are (DESIGN section 5, "Head diversity").
+
+Four views of the same question, all per layer:
+- `head_cosine_matrix` / `head_diversity`: 1 - mean pairwise column cosine between heads (the DeepViT
+  column cosine of `analysis.similarity`, taken across heads instead of across layers).
+- `head_js_distance`: Jensen-Shannon distance between two heads' row distributions, averaged over queries.
+- `head_embedding`: all heads as points (PCA or MDS from scikit-learn) for a scatter plot.
+- `effective_number_of_heads`: exp of the entropy of the normalised singular values of the stacked head
+  maps: 1 when all heads are the same map, H when they are mutually orthogonal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+
+from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, safe_divide
+from .similarity import unit_columns
+
+
+def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """Mean over keys of the column cosine between every pair of heads of a layer.
+
+    Args:
+        maps: (L, H, N, N) maps of one image.
+        normalize: row normalisation before the cosine.
+
+    Returns:
+        (L, H, H) symmetric matrices; the diagonal is the share of non-zero columns (1 for softmax maps).
+    """
+    return head_cosine_from_unit_columns(unit_columns(normalize_rows(maps, normalize)))
+
+
+def head_cosine_from_unit_columns(unit: np.ndarray) -> np.ndarray:
+    """`head_cosine_matrix` for maps whose columns are already unit vectors: (L, H, N, N) -> (L, H, H)."""
+    layers, heads, _, tokens = unit.shape
+    flat = unit.reshape(layers, heads, -1)
+    # Mean over t of sum_i U_g[i, t] U_h[i, t] is the Frobenius product of the unit-column maps over N.
+    return (flat @ flat.transpose(0, 2, 1)).astype(np.float64) / tokens
+
+
+def _off_diagonal_mean(matrices: np.ndarray) -> np.ndarray:
+    """Mean of the off-diagonal entries of (..., H, H) matrices; 0 when H == 1."""
+    heads = matrices.shape[-1]
+    if heads < 2:
+        return np.zeros(matrices.shape[:-2])
+    total = matrices.sum(axis=(-2, -1)) - np.trace(matrices, axis1=-2, axis2=-1)
+    return total / (heads * (heads - 1))
+
+
+def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """1 - mean pairwise column cosine between the heads of each layer.
+
+    Args:
+        maps: (L, H, N, N).
+        normalize: row normalisation before the cosine.
+
+    Returns:
+        (L,) in [0, 1] for non-negative maps: 0 when all heads of a layer are identical.
+    """
+    return 1.0 - _off_diagonal_mean(head_cosine_matrix(maps, normalize))
+
+
+def _row_entropy_nats(p: np.ndarray) -> np.ndarray:
+    """-sum p log p over the last axis, with 0 log 0 = 0 (p >= 0)."""
+    logs = np.log(p, out=np.zeros_like(p), where=p > 0)
+    return -np.einsum("...j,...j->...", p, logs)
+
+
+def head_js_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """Jensen-Shannon distance between every pair of heads, averaged over query rows.
+
+    The divergence uses log base 2, so the distance sqrt(JS) is in [0, 1]: 0 for identical rows, 1 for rows
+    with disjoint support.
+
+    Args:
+        maps: (L, H, N, N); rows are turned into distributions with ``normalize`` (``"none"`` assumes they
+            already are).
+        normalize: row normalisation mode.
+
+    Returns:
+        (L, H, H) symmetric, zero diagonal.
+    """
+    rows = normalize_rows(maps, normalize)
+    layers, heads = rows.shape[:2]
+    own_entropy = _row_entropy_nats(rows)  # (L, H, N)
+    first, second = np.triu_indices(heads, k=1)
+    out = np.zeros((layers, heads, heads), dtype=np.float64)
+    # One layer at a time keeps the (pairs, N, N) mixture in cache; the loop is over L, not heads or tokens.
+    for layer in range(layers):
+        mixture = rows[layer, first]  # (pairs, N, N): a copy, so the in-place ops below are safe
+        mixture += rows[layer, second]
+        mixture *= 0.5
+        divergence = _row_entropy_nats(mixture) - 0.5 * (own_entropy[layer, first] + own_entropy[layer, second])
+        distance = np.sqrt(np.clip(divergence / np.log(2.0), 0.0, 1.0)).mean(axis=-1)
+        out[layer, first, second] = distance
+        out[layer, second, first] = distance
+    return out
+
+
+def head_js_distance(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """Mean pairwise Jensen-Shannon distance between the heads of each layer.
+
+    Args:
+        maps: (L, H, N, N).
+        normalize: row normalisation mode.
+
+    Returns:
+        (L,) in [0, 1].
+    """
+    return _off_diagonal_mean(head_js_matrix(maps, normalize))
+
+
+def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """exp(entropy of the normalised singular values) of each layer's stacked head maps.
+
+    Each head's (N x N) map is flattened and scaled to unit norm (so a head's overall scale does not
+    count as diversity); the singular values s of the (H, N*N) stack, normalised to sum 1, have an entropy
+    whose exponential is the number of "distinct directions" among the heads.
+
+    Args:
+        maps: (L, H, N, N).
+        normalize: row normalisation before flattening.
+
+    Returns:
+        (L,) in [1, H]: 1 for identical heads, H for mutually orthogonal heads.
+    """
+    rows = normalize_rows(maps, normalize)
+    layers, heads = rows.shape[:2]
+    flat = rows.reshape(layers, heads, -1)
+    # Singular values of the (H, N*N) stack from the small H x H Gram matrix (cheaper than an SVD); unit
+    # norm per head is applied to the Gram matrix, which avoids a copy of the maps.
+    gram = (flat @ flat.transpose(0, 2, 1)).astype(np.float64)
+    norms = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 0.0, None))
+    gram = safe_divide(gram, norms[:, :, None] * norms[:, None, :])
+    eigen = np.linalg.eigvalsh(gram)
+    singular = np.sqrt(np.clip(eigen, 0.0, None))
+    p = safe_divide(singular, singular.sum(axis=-1, keepdims=True))
+    return np.exp(_row_entropy_nats(p))
+
+
+@dataclass
+class HeadEmbedding:
+    """2-D (or k-D) coordinates of heads for a scatter plot.
+
+    Attributes:
+        coords: (M, k) coordinates, one row per head.
+        model: (M,) model label of each head.
+        layer: (M,) layer index (0-based).
+        head: (M,) head index within its layer.
+        relative_depth: (M,) (layer + 1) / L of its model, for colouring models of different depth alike.
+        method: "pca" or "mds".
+        explained_variance_ratio: (k,) for PCA, empty for MDS.
+    """
+
+    coords: np.ndarray
+    model: np.ndarray
+    layer: np.ndarray
+    head: np.ndarray
+    relative_depth: np.ndarray
+    method: str
+    explained_variance_ratio: np.ndarray
+
+
+def head_embedding(maps_by_model: Mapping[str, np.ndarray], method: Literal["pca", "mds"] = "pca",
+                   n_components: int = 2, normalize: Normalize = DEFAULT_NORMALIZE,
+                   random_state: int = 0) -> HeadEmbedding:
+    """Embed every head of one or more models (same token count) into a common low-dimensional space.
+
+    Features are the flattened, row-normalised (N x N) maps, each scaled to unit norm, so PCA distances
+    reflect the pattern rather than its scale. MDS works on the cosine distance between these features.
+
+    Args:
+        maps_by_model: model label -> (L, H, N, N) maps of the same image (N equal across models).
+        method: "pca" (linear, fast, deterministic) or "mds" (metric MDS on cosine distances).
+        n_components: output dimension.
+        normalize: row normalisation mode.
+        random_state: seed for MDS.
+
+    Returns:
+        `HeadEmbedding` with one row per head of every model, models in the given order.
+    """
+    from sklearn.decomposition import PCA
+
+    features, model, layer, head, rel = [], [], [], [], []
+    for name, maps in maps_by_model.items():
+        rows = normalize_rows(maps, normalize)
+        layers, heads = rows.shape[:2]
+        flat = rows.reshape(layers * heads, -1).astype(np.float64)
+        features.append(safe_divide(flat, np.linalg.norm(flat, axis=-1, keepdims=True)))
+        model += [name] * (layers * heads)
+        layer.append(np.repeat(np.arange(layers), heads))
+        head.append(np.tile(np.arange(heads), layers))
+        rel.append(np.repeat(np.arange(1, layers + 1) / layers, heads))
+    stacked = np.concatenate(features)
+    if len({f.shape[1] for f in features}) != 1:
+        raise ValueError("head_embedding needs the same token count N for every model")
+    n_components = min(n_components, stacked.shape[0])
+    if method == "pca":
+        pca = PCA(n_components=n_components, svd_solver="full")
+        with np.errstate(invalid="ignore", divide="ignore"):  # all heads identical: zero total variance
+            coords = pca.fit_transform(stacked)
+        ratio = np.nan_to_num(pca.explained_variance_ratio_)
+    elif method == "mds":
+        distances = np.clip(1.0 - stacked @ stacked.T, 0.0, 2.0)
+        np.fill_diagonal(distances, 0.0)
+        distances = 0.5 * (distances + distances.T)
+        coords = _mds(n_components, random_state).fit_transform(distances)
+        ratio = np.zeros(0)
+    else:
+        raise ValueError(f"method must be 'pca' or 'mds', got {method!r}")
+    return HeadEmbedding(coords=coords, model=np.asarray(model), layer=np.concatenate(layer),
+                         head=np.concatenate(head), relative_depth=np.concatenate(rel), method=method,
+                         explained_variance_ratio=np.asarray(ratio))
+
+
+def _mds(n_components: int, random_state: int) -> object:
+    """A metric MDS on precomputed distances across scikit-learn versions (the keyword was renamed in 1.8)."""
+    import inspect
+
+    from sklearn.manifold import MDS
+
+    params = inspect.signature(MDS.__init__).parameters
+    kwargs = dict(n_components=n_components, random_state=random_state, n_init=1)
+    if "init" in params:
+        kwargs["init"] = "classical_mds" if "metric_mds" in params else "random"
+    if "metric_mds" in params:
+        kwargs["metric"] = "precomputed"
+    else:
+        kwargs["dissimilarity"] = "precomputed"
+    return MDS(**kwargs)
+
+
+def stack_heads(per_layer: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack per-layer (H, N, N) maps into (L, H, N, N), checking equal shapes with a clear message."""
+    shapes = {np.shape(m) for m in per_layer}
+    if len(shapes) != 1:
+        raise ValueError(f"layers differ in shape: {sorted(shapes)}")
+    return np.stack([as_float_array(m) for m in per_layer])

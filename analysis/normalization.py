@@ -1,0 +1,96 @@
+"""Turning attention maps into row distributions (DESIGN section 5, "normalize").
+
+A softmax map is row-stochastic. The effective map of a refined block, ``E = A + Body(A)``, is not: it can
+be negative and its rows need not sum to one. Metrics that read a map as "where a query looks" (distance,
+entropy, masses, rollout) therefore take ``normalize``:
+
+- ``"none"``: use the map as it is (right for softmax maps; for effective maps it measures raw weights).
+- ``"abs_rownorm"`` (default): ``|E| / sum_j |E_ij|``: magnitude of influence, sign ignored.
+- ``"clip_rownorm"``: ``max(E, 0) / sum_j max(E_ij, 0)``: only the positive (additive) part.
+
+Rows whose mass is zero after the transform (e.g. an all-negative row under ``clip_rownorm``) stay zero
+rather than becoming NaN, so averages over rows stay finite; `negative_mass_fraction` reports how much of a
+map the transform changes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Tuple
+
+import numpy as np
+
+Normalize = Literal["none", "abs_rownorm", "clip_rownorm"]
+NORMALIZE_MODES: Tuple[str, ...] = ("none", "abs_rownorm", "clip_rownorm")
+DEFAULT_NORMALIZE: Normalize = "abs_rownorm"
+
+
+def as_float_array(maps: np.ndarray) -> np.ndarray:
+    """Return ``maps`` as a float32/float64 array without copying when it already is one.
+
+    Args:
+        maps: any array-like (a torch tensor on CPU also works through ``np.asarray``).
+
+    Returns:
+        The same data as float64 if it was float64, else float32.
+    """
+    array = np.asarray(maps)
+    if array.dtype in (np.float32, np.float64):
+        return array
+    return array.astype(np.float32)
+
+
+def check_mode(normalize: str) -> None:
+    """Raise a clear ``ValueError`` for an unknown normalisation mode."""
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+
+
+def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` with 0 where the denominator is 0 (broadcasting as numpy does).
+
+    Returns a new float array (float32 unless an input is float64).
+    """
+    numerator = np.asarray(numerator)
+    denominator = np.asarray(denominator)
+    zero = denominator == 0
+    out = numerator / np.where(zero, 1, denominator).astype(np.result_type(denominator, np.float32))
+    if zero.any():
+        out = np.where(zero, 0, out)
+    return out.astype(np.result_type(numerator, np.float32), copy=False)
+
+
+def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+    """Apply a normalisation mode along the last (key) axis.
+
+    Args:
+        maps: (..., Q, N) attention maps; any leading axes (layers, heads, batch).
+        normalize: ``"none"``, ``"abs_rownorm"`` or ``"clip_rownorm"`` (see module docstring).
+
+    Returns:
+        (..., Q, N) array of the same float dtype. With a row-norm mode every row sums to 1 (or is all
+        zero when its mass was zero). ``"none"`` returns the input unchanged (no copy).
+    """
+    check_mode(normalize)
+    maps = as_float_array(maps)
+    if normalize == "none":
+        return maps
+    weights = np.abs(maps) if normalize == "abs_rownorm" else np.maximum(maps, 0)
+    return renormalize_rows(weights)
+
+
+def renormalize_rows(weights: np.ndarray) -> np.ndarray:
+    """Divide each row (last axis) by its sum; zero-sum rows stay zero.
+
+    Used after taking a sub-block of a map (e.g. the patch->patch block), whose rows no longer sum to 1.
+
+    Args:
+        weights: (..., Q, M) non-negative weights (or raw rows for ``normalize="none"``).
+
+    Returns:
+        (..., Q, M) rows summing to 1.
+    """
+    weights = as_float_array(weights)
+    sums = weights.sum(axis=-1, keepdims=True)
+    if np.all(sums != 0):
+        return weights / sums  # fast path: no zero rows to protect
+    return safe_divide(weights, sums)

@@ -1,0 +1,50 @@
+"""Head diversity: column cosine, Jensen-Shannon, embedding, effective number of heads."""
+
+import numpy as np
+import pytest
+
+from analysis.head_diversity import (effective_number_of_heads, head_cosine_matrix, head_diversity, head_embedding,
+                                     head_js_distance, head_js_matrix)
+
+from analysis_test_maps import identity_maps, softmax_maps
+
+
+def test_identical_heads_have_no_diversity() -> None:
+    maps = np.repeat(softmax_maps(2, 1, 8), 4, axis=1)
+    np.testing.assert_allclose(head_diversity(maps), 0.0, atol=1e-12)
+    np.testing.assert_allclose(head_js_distance(maps), 0.0, atol=1e-6)
+    np.testing.assert_allclose(effective_number_of_heads(maps), 1.0, atol=1e-6)
+
+
+def test_disjoint_heads_are_maximally_diverse() -> None:
+    # Head h attends from every query to key h only: columns and rows of different heads never overlap.
+    tokens, heads = 5, 3
+    maps = np.zeros((1, heads, tokens, tokens))
+    for h in range(heads):
+        maps[0, h, :, h] = 1.0
+    np.testing.assert_allclose(head_cosine_matrix(maps)[0], np.eye(heads) / tokens)  # one non-zero column of 5
+    np.testing.assert_allclose(head_diversity(maps), [1.0])
+    np.testing.assert_allclose(head_js_matrix(maps)[0], 1.0 - np.eye(heads))
+    np.testing.assert_allclose(effective_number_of_heads(maps), [heads])
+
+
+def test_hand_computed_js_distance() -> None:
+    # Rows (1, 0) and (0.5, 0.5): JS = H(0.75, 0.25) - (0 + 1) / 2 bits.
+    maps = np.array([[[[1.0, 0.0], [1.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]]])
+    h_mix = -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25))
+    np.testing.assert_allclose(head_js_distance(maps), [np.sqrt(h_mix - 0.5)])
+
+
+@pytest.mark.parametrize("method", ["pca", "mds"])
+def test_head_embedding_covers_every_head_of_both_models(method: str) -> None:
+    maps = {"vanilla": softmax_maps(3, 2, 6), "refined": softmax_maps(4, 2, 6, seed=5)}
+    emb = head_embedding(maps, method=method)
+    assert emb.coords.shape == (14, 2)
+    assert emb.model.tolist().count("refined") == 8
+    assert emb.layer.max() == 3 and emb.head.max() == 1
+    np.testing.assert_allclose(emb.relative_depth[-1], 1.0)
+
+
+def test_identity_heads_embed_to_one_point() -> None:
+    emb = head_embedding({"m": identity_maps(2, 3, 5)})
+    np.testing.assert_allclose(emb.coords, 0.0, atol=1e-9)

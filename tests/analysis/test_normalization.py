@@ -1,0 +1,26 @@
+"""Row normalisation modes for non-stochastic (refined effective) maps."""
+
+import numpy as np
+import pytest
+
+from analysis.normalization import normalize_rows, renormalize_rows
+
+
+def test_modes_on_a_hand_made_row() -> None:
+    row = np.array([[0.5, -0.25, 0.25, 0.0]])
+    np.testing.assert_allclose(normalize_rows(row, "none"), row)
+    np.testing.assert_allclose(normalize_rows(row, "abs_rownorm"), [[0.5, 0.25, 0.25, 0.0]])
+    np.testing.assert_allclose(normalize_rows(row, "clip_rownorm"), [[2 / 3, 0.0, 1 / 3, 0.0]])
+
+
+def test_zero_rows_stay_zero_and_dtype_is_kept() -> None:
+    maps = np.array([[-1.0, -2.0], [1.0, 3.0]], dtype=np.float32)
+    out = normalize_rows(maps, "clip_rownorm")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 0.0], [0.25, 0.75]])
+    assert np.isfinite(renormalize_rows(np.zeros((3, 3)))).all()
+
+
+def test_unknown_mode_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        normalize_rows(np.eye(2), "softmax")
