@@ -26,7 +26,7 @@ checkpoints use other key names; `refiner.convert_official` maps them onto these
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -526,13 +526,8 @@ def refiner_vit_l(pretrained: bool = False, **kwargs: Any) -> OfficialRefinerViT
     return build_official("refiner_vit_l", pretrained, **kwargs)
 
 
-def config_dict(config: RefinerViTConfig) -> Dict[str, Any]:
-    """A JSON-friendly dict of ``config`` (tuples as lists)."""
-    return _jsonable_overrides(asdict(config))
-
-
 __all__: List[str] = [
     "ConvStemPatchEmbed", "GainMlp", "OfficialAttention", "OfficialRefinerViT", "RefinerBlock", "RefinerViTConfig",
-    "SharedAttention", "VARIANTS", "build_official", "config_dict", "is_shared_block", "refiner_vit_l",
+    "SharedAttention", "VARIANTS", "build_official", "is_shared_block", "refiner_vit_l",
     "refiner_vit_m", "refiner_vit_s", "resample_pos_embed",
 ]
