@@ -1,0 +1,106 @@
+"""Images the app can show: sample photos, the dataset's test canvases, and uploads.
+
+An image is named by a short *key*, small enough for the URL:
+    "photo:astronaut"   one of scikit-image's bundled photos
+    "digit:17"          canvas 17 of the fixed cluttered-MNIST test set (with its digit's box and label)
+    "upload:<sha256 prefix>"   an upload; the bytes stay in the session's own upload widget, never shared
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from refiner.image_input import load_image
+
+PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+NUM_DIGIT_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image with what is known about it.
+
+    Attributes:
+        key: the image key.
+        image: RGB picture (any size; `refiner.image_input.fit_to_model` makes the model's view).
+        label: the true class for dataset canvases, else None.
+        box: (x0, y0, x1, y1) of the digit in canvas pixels (exclusive ends), else None.
+        notes: what `load_image` changed (uploads).
+        sha256: hash of the encoded bytes (uploads) or of the pixels (samples), for the export manifest.
+    """
+
+    key: str
+    image: Image.Image
+    label: Optional[int] = None
+    box: Optional[Tuple[int, int, int, int]] = None
+    notes: Tuple[str, ...] = ()
+    sha256: str = ""
+
+
+def sample_keys() -> List[str]:
+    """Keys of every built-in sample: dataset canvases first (the shipped models' own domain), then photos."""
+    return [f"digit:{i}" for i in range(NUM_DIGIT_SAMPLES)] + [f"photo:{name}" for name in PHOTOS]
+
+
+def upload_key(data: bytes) -> str:
+    """The key of an upload: a prefix of its SHA-256 (content-addressed, so equal files share caches)."""
+    return "upload:" + hashlib.sha256(data).hexdigest()[:20]
+
+
+def _pixels_sha(image: Image.Image) -> str:
+    return hashlib.sha256(np.asarray(image).tobytes() + repr(image.size).encode()).hexdigest()
+
+
+def sample_item(key: str, canvas_size: int = 48) -> ImageItem:
+    """Build a sample image from its key.
+
+    Raises:
+        KeyError: for a key that names no sample.
+    """
+    kind, _, name = key.partition(":")
+    if kind == "photo" and name in PHOTOS:
+        import skimage.data  # imported late: it is only needed for photos
+
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        return ImageItem(key=key, image=image, sha256=_pixels_sha(image))
+    if kind == "digit" and name.isdigit():
+        from refiner.data.cluttered_mnist import ClutteredMNIST
+
+        dataset = ClutteredMNIST("test", canvas_size=canvas_size)
+        index = int(name)
+        if index >= len(dataset):
+            raise KeyError(key)
+        canvas, label, box = dataset[index]
+        pixels = (canvas[0].numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels, "L").convert("RGB")
+        return ImageItem(key=key, image=image, label=int(label), box=tuple(int(v) for v in box.tolist()),
+                         sha256=_pixels_sha(image))
+    raise KeyError(key)
+
+
+def upload_item(data: bytes) -> ImageItem:
+    """Decode an upload with every safety check of `refiner.image_input.load_image`.
+
+    Raises:
+        refiner.image_input.ImageInputError: with a message for the user.
+    """
+    image = load_image(data)
+    return ImageItem(key=upload_key(data), image=image, notes=tuple(image.info.get("input_notes", ())),
+                     sha256=hashlib.sha256(data).hexdigest())
+
+
+def describe_key(key: str) -> str:
+    """Human label of an image key for pickers."""
+    kind, _, name = key.partition(":")
+    if kind == "digit":
+        return f"Cluttered digit #{name}"
+    if kind == "photo":
+        return f"Photo: {name}"
+    if kind == "upload":
+        return f"Upload {name[:8]}"
+    return key

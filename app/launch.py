@@ -1,0 +1,48 @@
+"""``refiner app``: start the Streamlit app with settings fit for a local research server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+MAIN = Path(__file__).resolve().parent / "main.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``refiner app``."""
+    parser.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    parser.add_argument("--address", default="localhost",
+                        help="address to bind (default localhost; 0.0.0.0 to serve other machines)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="directory of checkpoint folders for the model slots (default: ./checkpoints)")
+    parser.add_argument("--browser", action="store_true", help="open a browser tab (default: headless)")
+
+
+def streamlit_command(args: argparse.Namespace) -> List[str]:
+    """The ``streamlit run`` command line for these options."""
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN),
+            "--server.port", str(args.port), "--server.address", args.address,
+            "--server.headless", "false" if args.browser else "true",
+            "--browser.gatherUsageStats", "false",
+            "--server.maxUploadSize", "20",          # MB; refiner.image_input enforces the same limit
+            "--server.fileWatcherType", "none",      # a research server, not a dev loop
+            "--client.toolbarMode", "minimal"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the app until interrupted; returns Streamlit's exit status."""
+    if not 0 < args.port < 65536:
+        print(f"refiner app: invalid port {args.port}", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    if args.checkpoints:
+        env["REFINER_APP_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())
+    print(f"Serving the app on http://{args.address}:{args.port}", flush=True)
+    try:
+        return subprocess.call(streamlit_command(args), env=env)
+    except KeyboardInterrupt:
+        return 0
