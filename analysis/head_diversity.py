@@ -182,7 +182,7 @@ def head_embedding(maps_by_model: Mapping[str, np.ndarray], method: Literal["pca
     Returns:
         `HeadEmbedding` with one row per head of every model, models in the given order.
     """
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import KernelPCA
 
     features, model, layer, head, rel = [], [], [], [], []
     for name, maps in maps_by_model.items():
@@ -199,10 +199,15 @@ def head_embedding(maps_by_model: Mapping[str, np.ndarray], method: Literal["pca
         raise ValueError("head_embedding needs the same token count N for every model")
     n_components = min(n_components, stacked.shape[0])
     if method == "pca":
-        pca = PCA(n_components=n_components, svd_solver="full")
-        with np.errstate(invalid="ignore", divide="ignore"):  # all heads identical: zero total variance
-            coords = pca.fit_transform(stacked)
-        ratio = np.nan_to_num(pca.explained_variance_ratio_)
+        # PCA through scikit-learn's KernelPCA on the (M x M) linear kernel: identical scores to PCA on the
+        # (M x N^2) features, but the decomposition is of a 144 x 144 matrix for two ViT-S models instead of
+        # an SVD of 144 x 38,809 (seconds on a loaded 2-core CPU).
+        kernel = stacked @ stacked.T
+        kpca = KernelPCA(n_components=n_components, kernel="precomputed", eigen_solver="dense")
+        coords = kpca.fit_transform(kernel)
+        centred_trace = np.trace(kernel) - kernel.sum() / len(kernel)
+        eigenvalues = np.clip(kpca.eigenvalues_, 0.0, None)
+        ratio = eigenvalues / centred_trace if centred_trace > 1e-12 else np.zeros_like(eigenvalues)
     elif method == "mds":
         distances = np.clip(1.0 - stacked @ stacked.T, 0.0, 2.0)
         np.fill_diagonal(distances, 0.0)

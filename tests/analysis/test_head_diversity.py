@@ -48,3 +48,20 @@ def test_head_embedding_covers_every_head_of_both_models(method: str) -> None:
 def test_identity_heads_embed_to_one_point() -> None:
     emb = head_embedding({"m": identity_maps(2, 3, 5)})
     np.testing.assert_allclose(emb.coords, 0.0, atol=1e-9)
+
+
+def test_kernel_pca_embedding_equals_pca_on_the_features() -> None:
+    from sklearn.decomposition import PCA
+
+    from analysis.normalization import normalize_rows
+
+    rng = np.random.default_rng(0)
+    patterns = rng.random((3, 1, 1, 20, 20))
+    weights = rng.random((3, 4, 3, 1, 1)) * np.array([5.0, 2.0, 1.0])[:, None, None, None, None]
+    maps = (patterns * weights).sum(axis=0) + 0.01 * rng.random((4, 3, 20, 20))  # well-separated components
+    emb = head_embedding({"m": maps})
+    flat = normalize_rows(maps).reshape(12, -1)
+    flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    reference = PCA(2).fit(flat)
+    np.testing.assert_allclose(np.abs(emb.coords), np.abs(reference.transform(flat)), atol=1e-8)
+    np.testing.assert_allclose(emb.explained_variance_ratio, reference.explained_variance_ratio_, atol=1e-10)
