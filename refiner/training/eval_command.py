@@ -1,0 +1,84 @@
+"""`refiner eval CHECKPOINT [--dataset NAME]`: accuracy, per-class accuracy and a confusion-matrix plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .config import ConfigError, parse_override
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the ``eval`` subcommand."""
+    parser.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset name (default: the one the checkpoint was trained on)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test; val for imagefolder)")
+    parser.add_argument("--data-root", default=None, help="folder of cifar/imagefolder data")
+    parser.add_argument("--download", action="store_true", help="let torchvision download cifar when missing")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="dataset option (repeatable); default: the checkpoint's own dataset options")
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--out", default=None,
+                        help="folder for eval.json and confusion_matrix.png (default runs/eval/<checkpoint>-<dataset>)")
+
+
+def _dataset_options(args: argparse.Namespace, extra: Dict[str, Any], dataset: str) -> Dict[str, Any]:
+    options: Dict[str, Any] = {}
+    if dataset == extra.get("dataset"):
+        # Same dataset as in training: same canvas geometry, so the input size matches the model.
+        options.update({k: v for k, v in (extra.get("dataset_options") or {}).items() if k != "seed"})
+    for text in args.option:
+        path, value = parse_override(text)
+        options[".".join(path)] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate; prints a summary and writes ``eval.json`` + ``confusion_matrix.png``. 2 on bad input."""
+    import torch
+
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..data import DatasetNotFoundError, build_dataset, canonical_name, dataset_info
+    from .evaluation import evaluate, plot_confusion
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        extra = checkpoint.config.get("extra") or {}
+        name = canonical_name(args.dataset or extra.get("dataset") or "")
+        options = _dataset_options(args, extra, name)
+        info = dataset_info(name, root=args.data_root, **options)
+        if args.download:
+            options["download"] = True
+        dataset = build_dataset(name, args.split, root=args.data_root, **options)
+    except (CheckpointError, ConfigError, DatasetNotFoundError, ValueError) as error:
+        print(f"refiner eval: {error}", file=sys.stderr)
+        return 2
+    model = checkpoint.model
+    num_classes = int(getattr(model, "num_classes", info.num_classes))
+    if num_classes != info.num_classes:
+        print(f"refiner eval: the model has {num_classes} outputs but {name} has {info.num_classes} classes",
+              file=sys.stderr)
+        return 2
+    preprocessing = extra.get("preprocessing") or {}
+    mean = preprocessing.get("mean", info.mean)
+    std = preprocessing.get("std", info.std)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate(model.to(device), dataset, info.num_classes, mean, std, batch_size=args.batch_size, device=device)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.checkpoint).resolve().name}-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    class_names: List[str] = list(info.class_names) or list(extra.get("class_names") or [])
+    report = {"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": name, "split": args.split,
+              "dataset_options": {k: v for k, v in options.items() if k != "download"},
+              **result.to_dict(class_names)}
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_confusion(result, out / "confusion_matrix.png", class_names,
+                   title=f"{Path(args.checkpoint).name} on {name}/{args.split}: {result.accuracy:.2%}")
+    print(f"{name}/{args.split}: accuracy {result.accuracy:.4f} on {result.count} images (loss {result.loss:.4f})")
+    for cls, acc in report["per_class_accuracy"].items():  # type: ignore[union-attr]
+        print(f"  {cls:>12}: {'n/a' if acc is None else f'{acc:.4f}'}")
+    print(f"wrote {out / 'eval.json'} and {out / 'confusion_matrix.png'}")
+    return 0
