@@ -5,9 +5,11 @@ The public API:
     refine                         turn a timm ViT into a paper-mode refined one
     capture_attention              context manager recording every block's softmax and effective maps
     save_checkpoint, load_checkpoint, load_training_state, CheckpointError
+    convert_official_state_dict, load_official_checkpoint   the released Refiner-ViT weights
 """
 
 from .capture import AttentionCapture, CaptureMismatchError, capture_attention
+from .convert_official import convert_official_state_dict, load_official_checkpoint
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_training_state, save_checkpoint
 from .model_geometry import AttentionMeta
 from . import official_refiner_vit  # noqa: F401  (registers refiner_vit_s/m/l with timm)
@@ -17,6 +19,6 @@ from .registry import create_model, list_models
 
 __all__ = [
     "AttentionCapture", "AttentionMeta", "CaptureMismatchError", "Checkpoint", "CheckpointError",
-    "RefinedAttention", "capture_attention", "create_model", "list_models", "load_checkpoint",
-    "load_training_state", "refine", "save_checkpoint",
+    "RefinedAttention", "capture_attention", "convert_official_state_dict", "create_model", "list_models", "load_checkpoint",
+    "load_official_checkpoint", "load_training_state", "refine", "save_checkpoint",
 ]

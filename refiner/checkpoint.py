@@ -103,6 +103,7 @@ def save_checkpoint(model: nn.Module, directory: PathLike, metrics: Optional[Dic
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared like any directory
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         # safetensors refuses tensors that share memory; clone the (rare) aliases.

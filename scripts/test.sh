@@ -12,4 +12,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "warning: chromium not found and cannot be installed here; browser tests will be skipped" >&2
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
