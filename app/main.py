@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
 
 # `streamlit run app/main.py` puts app/ on sys.path, not the repository; the app imports `app.*`, `refiner`
 # and `analysis` as packages.
@@ -18,31 +17,27 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app.screens import analysis, compare, dataset, models  # noqa: E402
-from app.sidebar import Context, render_sidebar  # noqa: E402
+from app.sidebar import render_sidebar, set_context  # noqa: E402
 
 
-def _page(render: Callable[[Context], None], holder: dict) -> Callable[[], None]:
-    def run() -> None:
-        ctx: Context = holder["ctx"]
-        for error in ctx.errors:
-            st.warning(error)
-        render(ctx)
-    return run
+ENTRIES = Path(__file__).resolve().parent / "entries"
 
 
 def main() -> None:
-    """Build the navigation, draw the shared sidebar, run the chosen page."""
+    """Build the navigation, draw the shared sidebar, run the chosen page.
+
+    Pages are small scripts in ``app/entries`` (so ``AppTest.switch_page`` can open them); each calls its
+    ``render`` with the context drawn here, passed through a context variable of this run's thread.
+    """
     st.set_page_config(page_title="Refiner attention", layout="wide")
-    holder: dict = {}
     pages = [
-        st.Page(_page(compare.render, holder), title="Compare", url_path="compare", default=True),
-        st.Page(_page(analysis.render, holder), title="Analysis", url_path="analysis"),
-        st.Page(_page(dataset.render, holder), title="Dataset", url_path="dataset"),
-        st.Page(_page(models.render, holder), title="Models", url_path="models"),
+        st.Page(ENTRIES / "compare.py", title="Compare", url_path="compare", default=True),
+        st.Page(ENTRIES / "analysis.py", title="Analysis", url_path="analysis"),
+        st.Page(ENTRIES / "dataset.py", title="Dataset", url_path="dataset"),
+        st.Page(ENTRIES / "models.py", title="Models", url_path="models"),
     ]
     page = st.navigation(pages)
-    holder["ctx"] = render_sidebar()
+    set_context(render_sidebar())
     page.run()
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -168,3 +169,24 @@ def render_sidebar() -> Context:
     if changes:
         st.query_params.from_dict(changes)
     return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload)
+
+
+# Set by app.main before the page script runs, read by the page script; one value per script-run thread,
+# so concurrent sessions never see each other's context.
+_CONTEXT: ContextVar[Context] = ContextVar("refiner_app_context")
+
+
+def set_context(ctx: Context) -> None:
+    """Hand the sidebar's context to the page script of this run."""
+    _CONTEXT.set(ctx)
+
+
+def current_context() -> Context:
+    """The context of this run (set by `app.main`)."""
+    return _CONTEXT.get()
+
+
+def show_context_errors() -> None:
+    """Show the selection's problems (missing checkpoints, lost upload) at the top of the page."""
+    for error in current_context().errors:
+        st.warning(error)

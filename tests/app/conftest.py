@@ -1,0 +1,32 @@
+"""A tiny untrained vanilla/refined pair saved to a temp dir, and the app pointed at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import refiner
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+DATA = {"dataset": "cluttered-mnist", "img_size": [48, 48], "in_chans": 1, "mean": [0.1], "std": [0.3],
+        "class_names": [str(i) for i in range(10)]}
+
+
+def make_pair(root: Path) -> Path:
+    """Save an untrained vit_mini pair (vanilla, refined) under ``root``."""
+    for name, arch in (("vanilla", "vit_mini_patch6_48"), ("refined", "refined_vit_mini_patch6_48")):
+        refiner.save_checkpoint(refiner.create_model(arch, in_chans=1), root / name,
+                                metrics={"test_accuracy": 0.1}, extra={"data": DATA})
+    return root
+
+
+@pytest.fixture(scope="session")
+def pair_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pair(tmp_path_factory.mktemp("app-checkpoints"))
+
+
+@pytest.fixture
+def app_env(pair_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("REFINER_APP_CHECKPOINTS", str(pair_dir))
+    return pair_dir

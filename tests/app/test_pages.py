@@ -1,0 +1,153 @@
+"""Every page of the app under streamlit.testing.AppTest, with its main interactions."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from app.images import upload_key
+from app.launch import add_arguments, streamlit_command
+from app.maps import map_query, patch_token, token_label
+from app.selection import Selection, parse_head, parse_int, url_changes
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
+
+TIMEOUT = 180
+
+
+def start(params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_compare_defaults_to_the_pair_and_writes_the_url(app_env: Path) -> None:
+    at = start()
+    no_exceptions(at)
+    assert at.title[0].value == "Compare attention"
+    assert at.sidebar.selectbox(key="a").value == "vanilla" and at.sidebar.selectbox(key="b").value == "refined"
+    assert at.query_params["a"] == ["vanilla"] or at.query_params["a"] == "vanilla"
+    assert len(at.get("plotly_chart")) >= 4  # two overlays, two top-5 charts at least
+
+
+def test_url_restores_the_selection_and_widgets_update_it(app_env: Path) -> None:
+    at = start({"layer": "3", "head": "1", "q": "10", "img": "digit:4"})
+    no_exceptions(at)
+    assert at.sidebar.slider(key="layer").value == 3
+    assert at.sidebar.selectbox(key="head").value == "1"
+    assert at.sidebar.selectbox(key="q").value == 10
+    at.sidebar.slider(key="layer").set_value(5).run()
+    at.sidebar.selectbox(key="head").set_value("max").run()
+    at.sidebar.selectbox(key="q").set_value(0).run()
+    no_exceptions(at)
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["layer"] == "5" and params["head"] == "max" and params["q"] == "0"
+
+
+def test_bad_url_values_fall_back(app_env: Path) -> None:
+    at = start({"layer": "99", "head": "bogus", "q": "-4", "img": "upload:deadbeef"})
+    no_exceptions(at)
+    assert at.sidebar.slider(key="layer").value == 8
+    assert at.sidebar.selectbox(key="head").value == "mean"
+    assert at.sidebar.selectbox(key="q").value == 0
+    assert any("upload" in w.value for w in at.warning)
+
+
+def test_display_options_redraw(app_env: Path) -> None:
+    at = start()
+    at.slider(key="opacity").set_value(0.3).run()
+    at.radio(key="kind").set_value("softmax").run()
+    no_exceptions(at)
+
+
+def test_missing_checkpoints_give_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFINER_APP_CHECKPOINTS", str(tmp_path / "nothing"))
+    at = start()
+    no_exceptions(at)
+    assert any("were not found" in w.value for w in at.warning)
+
+
+def test_analysis_page(app_env: Path) -> None:
+    at = start()
+    at.switch_page("entries/analysis.py").run()
+    no_exceptions(at)
+    assert at.title[0].value == "Analysis of the current image"
+    assert len(at.dataframe) >= 2  # per-layer table and the localisation table of a dataset canvas
+
+
+def test_dataset_page_runs_with_progress(app_env: Path) -> None:
+    at = start()
+    at.switch_page("entries/dataset.py").run()
+    at.slider(key="ds-count").set_value(10).run()
+    at.button(key="ds-run").click().run()
+    no_exceptions(at)
+    assert at.dataframe and "diff_a_minus_b" in at.dataframe[0].value.columns
+
+
+def test_models_page_cards_and_bad_directory(app_env: Path, tmp_path: Path) -> None:
+    at = start()
+    at.switch_page("entries/models.py").run()
+    no_exceptions(at)
+    assert any(s.value == "vanilla" for s in at.subheader) and any(s.value == "refined" for s in at.subheader)
+    at.text_input[0].set_value(str(tmp_path))  # a form submits its fields with the button, in one run
+    at.button[0].click().run()
+    assert any("safetensors" in e.value for e in at.error)
+
+
+def test_models_page_loads_a_directory(app_env: Path) -> None:
+    at = start()
+    at.switch_page("entries/models.py").run()
+    at.text_input[0].set_value(str(app_env / "refined"))
+    at.button[0].click().run()
+    no_exceptions(at)
+    assert any("Loaded dir:" in s.value for s in at.success)
+    assert any(o.startswith("dir:") for o in at.sidebar.selectbox(key="a").options)
+
+
+# Pure helpers behind the pages.
+
+def test_selection_helpers() -> None:
+    assert parse_int("7", 1, 1, 5) == 5 and parse_int("x", 2, 1, 5) == 2 and parse_int("-3", 2, 0, 5) == 0
+    assert parse_head("2", 4) == "2" and parse_head("9", 4) == "mean" and parse_head("max", 4) == "max"
+    selection = Selection(a="vanilla", b="refined", img="digit:0", layer=2, head="mean", q=3)
+    assert url_changes(selection.to_url(), selection) == {}
+    assert url_changes({}, selection)["layer"] == "2"
+
+
+def test_token_helpers() -> None:
+    assert token_label(0, 1, (8, 8)) == "CLS" and token_label(10, 1, (8, 8)) == "patch (1, 1)"
+    assert patch_token(1, 1, 1, (8, 8)) == 10
+    with pytest.raises(IndexError):
+        patch_token(8, 0, 1, (8, 8))
+
+    class View:  # only the geometry map_query reads
+        def __init__(self, prefix: int, grid: tuple) -> None:
+            self.num_prefix_tokens, self.grid = prefix, grid
+    assert map_query(0, View(1, (8, 8)), View(1, (4, 4))) == 0
+    assert map_query(1 + 7 * 8 + 7, View(1, (8, 8)), View(1, (4, 4))) == 1 + 15
+
+
+def test_upload_key_is_content_addressed() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "PNG")
+    assert upload_key(buffer.getvalue()) == upload_key(bytes(buffer.getvalue()))
+    assert upload_key(buffer.getvalue()) != upload_key(buffer.getvalue() + b"x")
+
+
+def test_launch_command() -> None:
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    command = streamlit_command(parser.parse_args(["--port", "8765"]))
+    assert command[1:4] == ["-m", "streamlit", "run"] and "8765" in command
+    assert command[command.index("--server.headless") + 1] == "true"
