@@ -82,12 +82,14 @@ class AttentionRefinement(nn.Module):
         if not self.training:
             return self._forward_folded(attn, num_prefix_tokens, grid_size)
         x = F.linear(attn.permute(0, 2, 3, 1), self.expand.weight.view(channels, heads))  # (B, N, N, rH)
-        x = F.relu6(self.expand_norm(x.permute(0, 3, 1, 2)))  # (B, rH, N, N), channels-last strides
+        # In-place ReLU6 is safe after BatchNorm (its backward keeps its input, not its output) and saves a
+        # (B, rH, N, N) allocation each time.
+        x = F.relu6(self.expand_norm(x.permute(0, 3, 1, 2)), inplace=True)  # (B, rH, N, N), channels-last
         if self.layout == "sequence":
             x = self.local(x)
         else:
             x = self._local_spatial(x, num_prefix_tokens, grid_size)
-        x = F.relu6(self.local_norm(x))
+        x = F.relu6(self.local_norm(x), inplace=True)
         x = F.linear(x.permute(0, 2, 3, 1), self.reduce.weight.view(heads, channels))  # (B, N, N, H)
         return self.reduce_norm(x.permute(0, 3, 1, 2))
 
