@@ -37,7 +37,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from ..checkpoint import load_training_state, save_checkpoint
+from ..checkpoint import CheckpointError, load_training_state, save_checkpoint
 from ..data import build_dataset, canonical_name, dataset_info
 from ..registry import create_model
 from .config import ConfigError, TrainConfig
@@ -236,7 +236,10 @@ class Trainer:
 
     def _load_state(self) -> None:
         last = self.output_dir / "last"
-        state = load_training_state(last)
+        try:
+            state = load_training_state(last)
+        except CheckpointError as error:
+            raise ConfigError(f"cannot resume from {last}: {error} (train without --resume to start over)") from None
         if state is None:
             raise ConfigError(f"cannot resume: {last} has no training state (train without --resume to start over)")
         saved_cfg = json.loads((Path(last) / "config.json").read_text(encoding="utf-8"))["extra"]["train_config"] \
