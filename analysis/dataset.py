@@ -1,0 +1,462 @@
+"""Dataset-level statistics of the section 5 metrics, streamed image by image (DESIGN section 5).
+
+Nothing of size (L, H, N, N) outlives its batch. Per model, a `MetricAccumulator` keeps
+- running sums (sum, sum of squares, count) of every summary metric at full shape, e.g. the (L, L)
+  similarity matrix or the (L, H) attention distances, for dataset means; and
+- one small per-image curve per metric (the per-layer value, heads averaged: L floats; 1 for scalars),
+  which is what the bootstrap intervals and the paired tests resample. For ViT-S this is about 1.5 KB per
+  image and model, against 1.9 MB for the maps themselves.
+
+Under ``torch.distributed`` (e.g. ``torchrun``) `MetricAccumulator.reduce_across_processes` all-reduces
+the sums and gathers the curves, so every rank ends with the statistics of the whole dataset.
+
+Intervals are percentile bootstrap intervals of the mean over images (95% by default). Two models run on
+the same images are compared with a paired bootstrap of the per-image differences and a sign-flip
+permutation test of their mean (two-sided).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attention_metrics import METRICS, MetricSettings, compute_map_metrics
+from .cka import MinibatchCKA
+from .features import pool_block_outputs
+from .per_image import metric_maps, pair_key, run_with_capture
+from .similarity import relative_depth, resample_to_relative_depth
+
+Preprocess = Callable[[torch.Tensor], torch.Tensor]
+
+
+def per_image_curve(key: str, value: np.ndarray) -> np.ndarray:
+    """The per-image summary of one metric: a per-layer curve, or a length-1 array for scalars.
+
+    (L, H) metrics average over heads; the (L, L) similarity matrices give each layer's mean similarity
+    with the *other* layers; (L, H, H) head matrices are kept only as running sums.
+
+    Args:
+        key: a `METRICS` key.
+        value: the metric's array for one image.
+
+    Returns:
+        (L,) or (L - 1,) or (1,) float64, or an empty array when the metric has no per-image curve.
+    """
+    axes = METRICS[key].axes
+    value = np.asarray(value, dtype=np.float64)
+    if axes == ():
+        return value.reshape(1)
+    if axes == ("layer",):
+        return value
+    if axes == ("layer", "head"):
+        return value.mean(axis=1)
+    if axes == ("layer", "layer2"):
+        layers = value.shape[0]
+        if layers < 2:
+            return np.ones(1)
+        return (value.sum(axis=1) - np.diagonal(value)) / (layers - 1)
+    return np.zeros(0)
+
+
+class MetricAccumulator:
+    """Streaming statistics of one model's metrics over a dataset."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, np.ndarray] = {}
+        self.squares: Dict[str, np.ndarray] = {}
+        self.counts: Dict[str, np.ndarray] = {}
+        self.curves: Dict[str, List[np.ndarray]] = {}
+        self.images = 0
+
+    def add(self, metrics: Mapping[str, np.ndarray]) -> None:
+        """Add one image's metrics (the output of `compute_map_metrics`); maps (non-summary keys) are ignored."""
+        for key, value in metrics.items():
+            if key not in METRICS or not METRICS[key].summary:
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            finite = np.isfinite(value)
+            clean = np.where(finite, value, 0.0)
+            if key not in self.sums:
+                self.sums[key], self.squares[key] = np.zeros_like(clean), np.zeros_like(clean)
+                self.counts[key] = np.zeros_like(clean)
+                self.curves[key] = []
+            if self.sums[key].shape != clean.shape:
+                raise ValueError(f"metric {key!r} changed shape from {self.sums[key].shape} to {clean.shape}: "
+                                 "one accumulator per model and input size")
+            self.sums[key] += clean
+            self.squares[key] += clean * clean
+            self.counts[key] += finite
+            curve = per_image_curve(key, value)
+            if curve.size:
+                self.curves[key].append(curve)
+        self.images += 1
+
+    def mean(self, key: str) -> np.ndarray:
+        """Dataset mean of a metric at full shape (NaN where no image had a finite value)."""
+        count = self.counts[key]
+        return np.where(count > 0, self.sums[key] / np.where(count > 0, count, 1), np.nan)
+
+    def std(self, key: str) -> np.ndarray:
+        """Dataset standard deviation (population) at full shape."""
+        count = np.where(self.counts[key] > 0, self.counts[key], 1)
+        mean = self.sums[key] / count
+        return np.sqrt(np.clip(self.squares[key] / count - mean * mean, 0.0, None))
+
+    def curve_matrix(self, key: str) -> np.ndarray:
+        """(images, L) per-image curves of a metric, in the order the images were added."""
+        curves = self.curves.get(key, [])
+        return np.stack(curves) if curves else np.zeros((0, 0))
+
+    def reduce_across_processes(self) -> None:
+        """All-reduce sums and gather curves over ``torch.distributed`` ranks (no-op when not initialised).
+
+        Curves are concatenated in rank order, so two accumulators of the same ranks stay paired image by image.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
+        for table in (self.sums, self.squares, self.counts):
+            for key in sorted(table):
+                tensor = torch.from_numpy(table[key]).to(device)
+                dist.all_reduce(tensor)
+                table[key] = tensor.cpu().numpy()
+        gathered: List[Optional[Dict[str, List[np.ndarray]]]] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.curves)
+        self.curves = {key: [c for part in gathered for c in part.get(key, [])] for key in sorted(self.curves)}
+        images = torch.tensor([float(self.images)], dtype=torch.float64, device=device)
+        dist.all_reduce(images)
+        self.images = int(images.item())
+
+
+def _chunks(total: int, size: int) -> Iterable[Tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, chunk: int = 250) -> np.ndarray:
+    """Bootstrap replicates of the mean over the first axis.
+
+    Resampling counts are drawn from a multinomial, so a replicate is one weighted sum (a matrix product)
+    instead of an indexed copy of the data.
+
+    Args:
+        values: (n, ...) per-image values (finite).
+        n_boot: number of replicates.
+        seed: random seed (results are reproducible).
+        chunk: replicates per matrix product (bounds memory to chunk * n counts).
+
+    Returns:
+        (n_boot, ...) replicate means.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    if n == 0:
+        raise ValueError("no images to bootstrap")
+    flat = values.reshape(n, -1)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, flat.shape[1]))
+    for start, stop in _chunks(n_boot, chunk):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)
+        out[start:stop] = counts @ flat / n
+    return out.reshape((n_boot,) + values.shape[1:])
+
+
+@dataclass
+class Interval:
+    """A mean with its bootstrap interval, elementwise over the metric's shape.
+
+    Attributes:
+        mean, low, high: arrays of the same shape.
+        level: confidence level (e.g. 0.95).
+        n: number of images.
+    """
+
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    level: float
+    n: int
+
+
+def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
+    """Mean over images and its percentile bootstrap interval.
+
+    Args:
+        values: (n, ...) per-image values; NaN columns give NaN results.
+        level: confidence level.
+        n_boot: replicates.
+        seed: random seed.
+
+    Returns:
+        `Interval` with arrays of shape values.shape[1:].
+    """
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values).all(axis=0)
+    replicates = bootstrap_means(np.where(finite, values, 0.0), n_boot, seed)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha], axis=0)
+    nan = np.where(finite, 1.0, np.nan)
+    return Interval(mean=values.mean(axis=0) * nan, low=low * nan, high=high * nan, level=level, n=len(values))
+
+
+@dataclass
+class PairedComparison:
+    """Model b minus model a on the same images.
+
+    Attributes:
+        difference: `Interval` of the mean per-image difference (b - a).
+        p_value: two-sided sign-flip permutation p-value of the mean difference, elementwise.
+        n_permutations: permutations used.
+    """
+
+    difference: Interval
+    p_value: np.ndarray
+    n_permutations: int
+
+
+def sign_flip_p_value(differences: np.ndarray, n_permutations: int = 5000, seed: int = 0, chunk: int = 500
+                      ) -> np.ndarray:
+    """Two-sided sign-flip permutation test of mean(differences) == 0, elementwise.
+
+    Under the null of exchangeable pairs each per-image difference is equally likely to have either sign.
+    The p-value counts permutations whose |mean| reaches the observed one, with the observed one included
+    ((1 + count) / (1 + permutations)), so it is never 0.
+
+    Args:
+        differences: (n, ...) per-image paired differences.
+        n_permutations: random sign patterns.
+        seed: random seed.
+        chunk: sign patterns per matrix product.
+
+    Returns:
+        p-values of shape differences.shape[1:].
+    """
+    differences = np.asarray(differences, dtype=np.float64)
+    n = differences.shape[0]
+    flat = differences.reshape(n, -1)
+    observed = np.abs(flat.mean(axis=0))
+    rng = np.random.default_rng(seed)
+    reached = np.zeros(flat.shape[1])
+    # Small tolerance: permutations equal to the observed value up to rounding count as reaching it.
+    tolerance = 1e-12 * np.maximum(np.abs(flat).max(axis=0), 1.0)
+    for start, stop in _chunks(n_permutations, chunk):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(stop - start, n))
+        reached += (np.abs(signs @ flat / n) >= observed - tolerance).sum(axis=0)
+    return ((1.0 + reached) / (1.0 + n_permutations)).reshape(differences.shape[1:])
+
+
+def paired_comparison(values_a: np.ndarray, values_b: np.ndarray, level: float = 0.95, n_boot: int = 2000,
+                      n_permutations: int = 5000, seed: int = 0) -> PairedComparison:
+    """Paired bootstrap interval and sign-flip test of b - a over the same images.
+
+    Args:
+        values_a: (n, ...) per-image values of model a.
+        values_b: (n, ...) of model b, same images in the same order and the same shape (resample curves of
+            models of different depth with `align_curves` first).
+        level, n_boot, n_permutations, seed: as in `bootstrap_interval` / `sign_flip_p_value`.
+
+    Returns:
+        `PairedComparison`.
+    """
+    values_a, values_b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if values_a.shape != values_b.shape:
+        raise ValueError(f"paired values must have the same shape, got {values_a.shape} and {values_b.shape}")
+    differences = values_b - values_a
+    return PairedComparison(difference=bootstrap_interval(differences, level, n_boot, seed),
+                            p_value=sign_flip_p_value(differences, n_permutations, seed + 1),
+                            n_permutations=n_permutations)
+
+
+def align_curves(curves_a: np.ndarray, curves_b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Bring (n, La) and (n, Lb) per-layer curves to common relative depths (those of the shallower model).
+
+    Returns:
+        Both as (n, min(La, Lb)).
+    """
+    la, lb = curves_a.shape[1], curves_b.shape[1]
+    if la == lb:
+        return curves_a, curves_b
+    target = relative_depth(min(la, lb))
+    resample = lambda c: resample_to_relative_depth(c.T, target).T  # noqa: E731 - (L, n) along layers
+    return (curves_a if la == len(target) else resample(curves_a),
+            curves_b if lb == len(target) else resample(curves_b))
+
+
+@dataclass
+class DatasetAnalysis:
+    """Statistics of several models over the same images.
+
+    Attributes:
+        accumulators: model label -> `MetricAccumulator`.
+        settings: metric settings.
+        cka: "A" -> (La, La) within-model minibatch CKA, "A|B" -> (La, Lb) across models (images as examples,
+            CLS-token features); absent when no batch had >= 4 images.
+        correct: model label -> number of correctly classified images (when labels were given).
+        images: number of images analysed.
+        depths: model label -> L.
+    """
+
+    accumulators: Dict[str, MetricAccumulator]
+    settings: MetricSettings
+    cka: Dict[str, np.ndarray] = field(default_factory=dict)
+    correct: Dict[str, int] = field(default_factory=dict)
+    images: int = 0
+    depths: Dict[str, int] = field(default_factory=dict)
+
+    def interval(self, model: str, key: str, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
+        """Mean per-layer curve of a metric with its bootstrap interval."""
+        return bootstrap_interval(self.accumulators[model].curve_matrix(key), level, n_boot, seed)
+
+    def compare(self, model_a: str, model_b: str, key: str, level: float = 0.95, n_boot: int = 2000,
+                n_permutations: int = 5000, seed: int = 0, overall: bool = False) -> PairedComparison:
+        """Paired comparison b - a of a metric's per-layer curve (models of different depth are aligned by
+        relative depth) or, with ``overall``, of its mean over layers."""
+        a = self.accumulators[model_a].curve_matrix(key)
+        b = self.accumulators[model_b].curve_matrix(key)
+        if overall:
+            a, b = np.nanmean(a, axis=1, keepdims=True), np.nanmean(b, axis=1, keepdims=True)
+        else:
+            a, b = align_curves(a, b)
+        return paired_comparison(a, b, level, n_boot, n_permutations, seed)
+
+    def accuracy(self, model: str) -> Optional[float]:
+        """Top-1 accuracy, or None without labels."""
+        return self.correct[model] / self.images if model in self.correct and self.images else None
+
+
+BatchLike = Union[Sequence[torch.Tensor], torch.Tensor]
+
+
+def _unpack(batch: BatchLike) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(images, labels or None, boxes or None) from a tensor, (images, labels) or (images, labels, boxes)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    items = list(batch)
+    images = items[0]
+    labels = torch.as_tensor(items[1]) if len(items) > 1 else None
+    boxes = torch.as_tensor(items[2]) if len(items) > 2 else None
+    return images, labels, boxes
+
+
+def analyze_dataset(models: Mapping[str, nn.Module], batches: Iterable[BatchLike],
+                    settings: MetricSettings = MetricSettings(),
+                    preprocess: Union[None, Preprocess, Mapping[str, Preprocess]] = None,
+                    max_images: Optional[int] = None, progress: bool = False, total: Optional[int] = None,
+                    reduce: bool = True, use_boxes: bool = True) -> DatasetAnalysis:
+    """Run every model over a stream of batches and accumulate every summary metric.
+
+    Args:
+        models: label -> model (eval mode).
+        batches: iterable of ``images`` (B, C, H, W), ``(images, labels)`` or ``(images, labels, boxes)`` (a
+            DataLoader over a `refiner.data` dataset works as is). Boxes are (B, 4) input pixels.
+        settings: metric settings.
+        preprocess: applied to each batch before a model sees it: one callable for all models, or one per
+            model label (e.g. input normalisation from each checkpoint's config).
+        max_images: stop after this many images (per process).
+        progress: show a tqdm progress bar (images).
+        total: expected number of images for the progress bar.
+        reduce: all-reduce the statistics across ``torch.distributed`` ranks at the end.
+        use_boxes: add the localisation metrics when the batches carry boxes.
+
+    Returns:
+        `DatasetAnalysis`.
+    """
+    from tqdm.auto import tqdm
+
+    names = list(models)
+    result = DatasetAnalysis(accumulators={n: MetricAccumulator() for n in names}, settings=settings)
+    within = {n: None for n in names}  # MinibatchCKA, created once depths are known
+    across: Dict[str, MinibatchCKA] = {}
+    bar = tqdm(total=total if max_images is None else min(total or max_images, max_images), unit="img",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            images, labels, boxes = _unpack(batch)
+            if max_images is not None:
+                remaining = max_images - result.images
+                if remaining <= 0:
+                    break
+                images = images[:remaining]
+                labels = None if labels is None else labels[:remaining]
+                boxes = None if boxes is None else boxes[:remaining]
+            features: Dict[str, List[np.ndarray]] = {}
+            for name in names:
+                prep = preprocess.get(name) if isinstance(preprocess, Mapping) else preprocess
+                pooled = _accumulate_batch(models[name], prep(images) if prep is not None else images, labels,
+                                           boxes if use_boxes else None, settings, name, result)
+                if pooled is not None:
+                    features[name] = pooled
+            for i, a in enumerate(names):
+                if a not in features:
+                    continue
+                if within[a] is None:
+                    within[a] = MinibatchCKA(len(features[a]))
+                within[a].update(features[a])
+                for b in names[i + 1:]:
+                    if b in features:
+                        key = pair_key(a, b)
+                        across.setdefault(key, MinibatchCKA(len(features[a]), len(features[b])))
+                        across[key].update(features[a], features[b])
+            result.images += images.shape[0]
+            bar.update(images.shape[0])
+    finally:
+        bar.close()
+    if reduce:
+        _reduce(result, within, across)
+    result.cka = {n: c.compute() for n, c in within.items() if c is not None and c.batches}
+    result.cka.update({k: c.compute() for k, c in across.items() if c.batches})
+    return result
+
+
+def _accumulate_batch(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor],
+                      boxes: Optional[torch.Tensor], settings: MetricSettings, name: str,
+                      result: DatasetAnalysis) -> Optional[List[np.ndarray]]:
+    """One model on one batch: add every image's metrics; return CLS features for CKA (None if unusable).
+
+    A function of its own so the batch's (B, L, H, N, N) maps are released when it returns, before the
+    next model's maps are allocated.
+    """
+    captured = run_with_capture(model, images)
+    meta = captured.meta
+    result.depths[name] = meta.depth
+    maps = metric_maps(captured, settings)
+    for b in range(maps.shape[0]):
+        box = boxes[b].tolist() if boxes is not None else None
+        result.accumulators[name].add(compute_map_metrics(maps[b], meta.num_prefix_tokens, meta.grid_size,
+                                                          meta.patch_size, settings, box))
+    if labels is not None:
+        result.correct[name] = result.correct.get(name, 0) + int(
+            (captured.logits.argmax(axis=1) == labels.numpy()).sum())
+    # The unbiased HSIC needs >= 4 examples per minibatch; CLS features need a prefix token.
+    if images.shape[0] >= 4 and meta.num_prefix_tokens > 0:
+        return pool_block_outputs(captured.block_outputs, "cls", meta.num_prefix_tokens)
+    return None
+
+
+def _reduce(result: DatasetAnalysis, within: Dict[str, Optional[MinibatchCKA]],
+            across: Dict[str, MinibatchCKA]) -> None:
+    """All-reduce everything additive across ranks (no-op without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for accumulator in result.accumulators.values():
+        accumulator.reduce_across_processes()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    for stream in [c for c in within.values() if c is not None] + list(across.values()):
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)).to(device) for k, v in stream.state().items()}
+        for key in sorted(state):
+            dist.all_reduce(state[key])
+        stream.load_state({k: v.cpu().numpy() for k, v in state.items()})
+    counts = torch.tensor([float(result.images)] + [float(result.correct.get(n, 0)) for n in result.accumulators],
+                          dtype=torch.float64, device=device)
+    dist.all_reduce(counts)
+    result.images = int(counts[0].item())
+    result.correct = {n: int(counts[i + 1].item()) for i, n in enumerate(result.accumulators) if n in result.correct}

@@ -1,0 +1,234 @@
+"""Everything about one image: run each model under `refiner.capture_attention` and compute every metric.
+
+    result = analyze_image({"vanilla": m1, "refined": m2}, image, box=(x0, y0, x1, y1))
+    result.models["refined"].metrics["head_diversity"]    # (L,)
+    result.models["refined"].effective                    # (L, H, N, N) numpy
+    result.cka["vanilla|refined"]                         # (La, Lb), tokens as examples
+
+Models are used as given (they should be in eval mode; nothing about them is changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+import refiner
+
+from .attention_metrics import MetricSettings, compute_map_metrics
+from .cka import cka_matrix
+from .features import pool_block_outputs, record_block_outputs
+from .head_diversity import HeadEmbedding, head_embedding
+from .similarity import cross_layer_similarity
+
+PAIR_SEPARATOR = "|"
+
+
+@dataclass
+class CapturedBatch:
+    """One forward pass of a batch with its attention and block outputs, as numpy.
+
+    Attributes:
+        effective: (B, L, H, N, N) float32 maps that multiply V.
+        softmax: (B, L, H, N, N) float32 softmax maps; NaN for blocks that compute none.
+        logits: (B, num_classes) float32.
+        block_outputs: per block, (B, N, D) float32 token representations.
+        meta: geometry of the pass.
+    """
+
+    effective: np.ndarray
+    softmax: np.ndarray
+    logits: np.ndarray
+    block_outputs: List[torch.Tensor]
+    meta: refiner.AttentionMeta
+
+
+def run_with_capture(model: nn.Module, images: torch.Tensor) -> CapturedBatch:
+    """Forward a batch with attention capture and block-output recording, without gradients.
+
+    Args:
+        model: a ViT supported by `refiner.capture_attention` (every block with the same head count).
+        images: (B, C, H, W) preprocessed inputs.
+
+    Returns:
+        `CapturedBatch`.
+    """
+    with torch.no_grad(), record_block_outputs(model) as outputs, refiner.capture_attention(model) as rec:
+        logits = model(images)
+    effective = rec.stacked("effective").numpy()
+    softmax = np.stack([np.full(effective[:, i].shape, np.nan, dtype=np.float32) if s is None else s.numpy()
+                        for i, s in enumerate(rec.softmax)], axis=1)
+    return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().numpy(),
+                         block_outputs=list(outputs), meta=rec.meta)
+
+
+def metric_maps(batch: CapturedBatch, settings: MetricSettings) -> np.ndarray:
+    """The maps the metrics read, (B, L, H, N, N), according to ``settings.map_kind``."""
+    if settings.map_kind == "effective":
+        return batch.effective
+    if np.isnan(batch.softmax).any():
+        raise ValueError("map_kind='softmax' but some blocks compute no softmax map (official Refiner-ViT "
+                         "shared blocks); use map_kind='effective'")
+    return batch.softmax
+
+
+def top_k(logits: np.ndarray, k: int = 5, class_names: Optional[Sequence[str]] = None
+          ) -> List[Tuple[int, str, float]]:
+    """The k most probable classes of one image.
+
+    Args:
+        logits: (num_classes,).
+        k: how many.
+        class_names: optional labels (default: the index as text).
+
+    Returns:
+        [(class index, label, probability)], most probable first.
+    """
+    shifted = np.exp(logits - logits.max())
+    probs = shifted / shifted.sum()
+    order = np.argsort(-probs)[: min(k, len(probs))]
+    return [(int(i), class_names[i] if class_names is not None else str(int(i)), float(probs[i])) for i in order]
+
+
+def image_sha256(image: torch.Tensor) -> str:
+    """SHA-256 of a preprocessed image tensor's float32 bytes (identifies the exact model input)."""
+    return hashlib.sha256(image.detach().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class ModelImageResult:
+    """One model on one image.
+
+    Attributes:
+        name: the model's label in the analysis.
+        effective: (L, H, N, N) float32 effective maps.
+        softmax: (L, H, N, N) float32 softmax maps (NaN for blocks without one).
+        meta: capture geometry (K, grid, patch size, image size, refined flags).
+        metrics: `analysis.attention_metrics.METRICS` key -> array.
+        top5: [(class index, label, probability)].
+        block_features: per layer, (N, D) token representations (CKA with tokens as examples).
+        attributions: when requested: "integrated_gradients", "saliency" (H, W) in [0, 1] and
+            "attention_x_gradient" (Gh, Gw) relevance of the patches for the CLS query.
+    """
+
+    name: str
+    effective: np.ndarray
+    softmax: np.ndarray
+    meta: refiner.AttentionMeta
+    metrics: Dict[str, np.ndarray]
+    top5: List[Tuple[int, str, float]]
+    block_features: List[np.ndarray]
+    attributions: Dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ImageAnalysis:
+    """All models on one image, plus the comparisons between them.
+
+    Attributes:
+        models: model label -> `ModelImageResult`, in the given order.
+        settings: the metric settings used.
+        box: the object box in input pixels, or None.
+        image_sha256: hash of the preprocessed input.
+        cka: "A" -> (La, La) within-model CKA, "A|B" -> (La, Lb) across models (tokens as examples; only
+            when the token counts agree).
+        cross_similarity: "A|B" -> (La, Lb) DeepViT column cosine between the two models' layers (only when
+            heads and tokens agree).
+        head_embedding: all heads of all models (None when token counts differ).
+    """
+
+    models: Dict[str, ModelImageResult]
+    settings: MetricSettings
+    box: Optional[Tuple[float, float, float, float]]
+    image_sha256: str
+    cka: Dict[str, np.ndarray]
+    cross_similarity: Dict[str, np.ndarray]
+    head_embedding: Optional[HeadEmbedding]
+
+
+def pair_key(first: str, second: str) -> str:
+    """Key of a model pair in `ImageAnalysis.cka` / ``cross_similarity``."""
+    return f"{first}{PAIR_SEPARATOR}{second}"
+
+
+def _attributions(model: nn.Module, image: torch.Tensor, meta: refiner.AttentionMeta, ig_steps: int
+                  ) -> Dict[str, np.ndarray]:
+    from .attribution import attention_gradients, attention_x_gradient, integrated_gradients, pixel_heatmap, saliency
+
+    grads = attention_gradients(model, image)
+    _, relevance = attention_x_gradient(grads.maps, grads.grads)
+    k = meta.num_prefix_tokens
+    cls_relevance = relevance[0, k:] if k > 0 else relevance[k:, k:].mean(axis=0)
+    return {
+        "integrated_gradients": pixel_heatmap(integrated_gradients(model, image, grads.target, n_steps=ig_steps)),
+        "saliency": pixel_heatmap(saliency(model, image, grads.target), reduce="max"),
+        "attention_x_gradient": cls_relevance.reshape(meta.grid_size),
+    }
+
+
+def analyze_image(models: Mapping[str, nn.Module], image: torch.Tensor, settings: MetricSettings = MetricSettings(),
+                  box: Optional[Sequence[float]] = None, top: int = 5, class_names: Optional[Sequence[str]] = None,
+                  attributions: bool = False, ig_steps: int = 32, embedding_method: str = "pca") -> ImageAnalysis:
+    """Run every model on one image and compute every per-image metric and comparison.
+
+    Args:
+        models: label -> model (eval mode), e.g. {"vanilla": ..., "refined": ...}.
+        image: (C, H, W) preprocessed input (what the models take).
+        settings: metric settings (normalisation, thresholds, rollout options, which map).
+        box: optional (x0, y0, x1, y1) object box in input pixels (localisation metrics).
+        top: number of predictions to keep.
+        class_names: optional class labels for the predictions.
+        attributions: also compute IntegratedGradients, Saliency and attention x gradient (slower: one
+            backward pass per IG step).
+        ig_steps: IntegratedGradients steps.
+        embedding_method: "pca" or "mds" for the head embedding.
+
+    Returns:
+        `ImageAnalysis`.
+    """
+    if image.dim() != 3:
+        raise ValueError(f"analyze_image takes one (C, H, W) image, got shape {tuple(image.shape)}")
+    box_tuple = None if box is None else tuple(float(v) for v in box)
+    results: Dict[str, ModelImageResult] = {}
+    for name, model in models.items():
+        batch = run_with_capture(model, image.unsqueeze(0))
+        meta = batch.meta
+        maps = metric_maps(batch, settings)[0]
+        metrics = compute_map_metrics(maps, meta.num_prefix_tokens, meta.grid_size, meta.patch_size, settings,
+                                      box_tuple)
+        results[name] = ModelImageResult(
+            name=name, effective=batch.effective[0], softmax=batch.softmax[0], meta=meta, metrics=metrics,
+            top5=top_k(batch.logits[0], top, class_names),
+            block_features=pool_block_outputs(batch.block_outputs, "tokens", meta.num_prefix_tokens),
+            attributions=_attributions(model, image, meta, ig_steps) if attributions else {})
+    return ImageAnalysis(models=results, settings=settings, box=box_tuple, image_sha256=image_sha256(image),
+                         **_comparisons(results, settings, embedding_method))
+
+
+def _comparisons(results: Dict[str, ModelImageResult], settings: MetricSettings, embedding_method: str) -> dict:
+    """Within- and across-model CKA, cross-model similarity and the joint head embedding."""
+    names = list(results)
+    cka: Dict[str, np.ndarray] = {n: cka_matrix(results[n].block_features) for n in names}
+    cross: Dict[str, np.ndarray] = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = results[a], results[b]
+            if ra.block_features[0].shape[0] == rb.block_features[0].shape[0]:
+                cka[pair_key(a, b)] = cka_matrix(ra.block_features, rb.block_features)
+            maps_a, maps_b = _maps(ra, settings), _maps(rb, settings)
+            if maps_a.shape[1:] == maps_b.shape[1:]:
+                cross[pair_key(a, b)] = cross_layer_similarity(maps_a, settings.normalize, settings.tau,
+                                                               other=maps_b).matrix
+    token_counts = {r.effective.shape[-1] for r in results.values()}
+    embedding = head_embedding({n: _maps(r, settings) for n, r in results.items()}, method=embedding_method,
+                               normalize=settings.normalize) if len(token_counts) == 1 else None
+    return {"cka": cka, "cross_similarity": cross, "head_embedding": embedding}
+
+
+def _maps(result: ModelImageResult, settings: MetricSettings) -> np.ndarray:
+    return result.effective if settings.map_kind == "effective" else result.softmax

@@ -1,0 +1,52 @@
+"""One image through two models: maps, every metric, predictions, comparisons."""
+
+import numpy as np
+import pytest
+import torch
+
+import refiner
+from analysis.attention_metrics import METRICS, MetricSettings
+from analysis.per_image import analyze_image, top_k
+
+
+@pytest.fixture(scope="module")
+def pair() -> dict:
+    torch.manual_seed(0)
+    return {"vanilla": refiner.create_model("vit_micro_patch4_32").eval(),
+            "refined": refiner.create_model("refined_vit_micro_patch4_32").eval()}
+
+
+def test_analyze_image_returns_maps_metrics_and_comparisons(pair) -> None:
+    image = torch.rand(3, 32, 32)
+    result = analyze_image(pair, image, box=(8, 8, 24, 24), class_names=[f"c{i}" for i in range(10)])
+    assert list(result.models) == ["vanilla", "refined"]
+    for name, model_result in result.models.items():
+        assert model_result.effective.shape == (4, 4, 65, 65)
+        assert set(model_result.metrics) == set(METRICS)
+        assert len(model_result.top5) == 5 and model_result.top5[0][1].startswith("c")
+        probs = [p for _, _, p in model_result.top5]
+        assert probs == sorted(probs, reverse=True)
+        assert model_result.meta.grid_size == (8, 8)
+    vanilla = result.models["vanilla"]
+    np.testing.assert_allclose(vanilla.softmax, vanilla.effective)  # a vanilla block multiplies V by its softmax
+    assert result.cross_similarity["vanilla|refined"].shape == (4, 4)
+    np.testing.assert_allclose(np.diagonal(result.cka["refined"]), 1.0)
+    assert result.head_embedding.coords.shape == (32, 2)
+    assert len(result.image_sha256) == 64
+    again = analyze_image({"vanilla": pair["vanilla"]}, image)
+    assert again.image_sha256 == result.image_sha256
+    np.testing.assert_allclose(again.models["vanilla"].metrics["similarity"], vanilla.metrics["similarity"])
+
+
+def test_softmax_settings_read_the_softmax_maps(pair) -> None:
+    image = torch.rand(3, 32, 32)
+    eff = analyze_image({"r": pair["refined"]}, image).models["r"]
+    soft = analyze_image({"r": pair["refined"]}, image, MetricSettings(map_kind="softmax")).models["r"]
+    np.testing.assert_allclose(soft.metrics["negative_fraction"], 0.0)
+    assert eff.metrics["negative_fraction"].shape == (4, 4)
+
+
+def test_top_k_orders_probabilities() -> None:
+    assert [i for i, _, _ in top_k(np.array([0.1, 3.0, 2.0]), k=2)] == [1, 2]
+    with pytest.raises(ValueError, match="one"):
+        analyze_image({}, torch.rand(1, 3, 8, 8))
