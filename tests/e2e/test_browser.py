@@ -1,0 +1,100 @@
+"""The app end to end in real headless Chromium: upload, click a patch, change the layer, downloads,
+a corrupt upload, screenshots."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .browser_app import CHROMIUM, CHROMIUM_ARGS, running_app
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (scripts/test.sh "
+                                                                       "installs it)")]
+SHOTS = Path(os.environ.get("REFINER_E2E_SCREENSHOTS", "")) if os.environ.get("REFINER_E2E_SCREENSHOTS") else None
+
+
+def url_params(page) -> dict:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def wait_for_charts(page, count: int = 2) -> None:
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {count}", timeout=90_000)
+    page.wait_for_timeout(500)
+
+
+def test_app_in_a_real_browser(tmp_path: Path) -> None:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from tests.app.conftest import make_pair
+
+    pair = make_pair(tmp_path / "checkpoints")
+    shots = SHOTS or tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(photo)
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(photo.read_bytes()[:200])
+
+    with running_app(pair) as (url, _), playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(url, timeout=90_000)
+        wait_for_charts(page)
+        assert url_params(page)["a"] == "vanilla"
+        page.screenshot(path=str(shots / "compare.png"), full_page=True)
+
+        # Upload an image: it becomes the current image.
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        page.wait_for_function("location.search.includes('img=upload')", timeout=90_000)
+        wait_for_charts(page)
+
+        # Click a patch on the left overlay: the query token in the URL changes away from CLS.
+        before = url_params(page).get("q")
+        chart = page.locator(".js-plotly-plot").first
+        box = chart.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.55)
+        page.wait_for_function(f"new URLSearchParams(location.search).get('q') !== '{before}'", timeout=60_000)
+        assert url_params(page)["q"] != "0"
+
+        # Change the layer with the keyboard on the sidebar slider.
+        layer = url_params(page)["layer"]
+        page.locator("[data-testid=stSidebar] [role=slider]").first.focus()
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"new URLSearchParams(location.search).get('layer') !== '{layer}'", timeout=60_000)
+        wait_for_charts(page)
+        page.screenshot(path=str(shots / "compare-upload.png"), full_page=True)
+
+        # Download the first figure's PNG.
+        page.get_by_role("button", name="Export figure").first.click()
+        with page.expect_download(timeout=90_000) as download:
+            page.get_by_role("button", name="PNG (2x)").first.click()
+        png = Path(download.value.path()).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size[0] > 100
+        page.keyboard.press("Escape")
+
+        # Raw maps of both models as NPZ (a zip archive with the arrays).
+        page.get_by_role("tab", name="Raw maps").click()
+        with page.expect_download(timeout=90_000) as download:
+            page.get_by_role("button", name="A: vanilla (NPZ)").click()
+        with zipfile.ZipFile(download.value.path()) as archive:
+            assert {"softmax.npy", "effective.npy"} <= set(archive.namelist())
+
+        # A corrupt upload: a clear message, the current image stays.
+        current = url_params(page)["img"]
+        page.locator("input[type=file]").first.set_input_files(str(corrupt))
+        page.get_by_text("corrupt or truncated").wait_for(timeout=60_000)
+        assert url_params(page)["img"] == current
+        page.screenshot(path=str(shots / "corrupt-upload.png"), full_page=True)
+
+        # The Analysis page draws its figures.
+        page.goto(url + "/analysis", timeout=90_000)
+        wait_for_charts(page, 3)
+        page.screenshot(path=str(shots / "analysis.png"), full_page=True)
+        browser.close()
