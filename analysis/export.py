@@ -311,6 +311,7 @@ def library_versions() -> Dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             continue
+    out["torch"] = torch.__version__  # includes the build tag (e.g. +cpu / +cu130), which metadata may omit
     return out
 
 
