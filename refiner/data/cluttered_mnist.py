@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +48,13 @@ class ClutteredMNISTOptions:
         scale_range: (min, max) resize factor of the 28 px digit, drawn uniformly per sample.
         fragments: clutter fragments per canvas (fewer when they cannot be placed clear of the digit).
         fragment_size: side of a fragment in source-digit pixels before resizing.
+        position_step: the digit's top-left corner is drawn on a lattice of this many pixels (1 = any pixel).
+            Setting it to the model's patch size aligns the digit with the patch grid, so moving a digit
+            moves its tokens without changing their content; a plain ViT then learns the task several times
+            faster (scale and clutter still vary continuously).
+        max_shift: largest distance in pixels (per axis) of the digit's ink box from the canvas centre; None =
+            anywhere on the canvas. Translation is what a ViT learns slowest (it has no convolutional prior),
+            so this sets how much of the canvas the digit may wander over.
         epoch_size: training canvases per epoch (the generator itself is unlimited).
         test_size: canvases in the fixed test set.
         seed: seed of the training stream (the test set ignores it).
@@ -57,6 +64,8 @@ class ClutteredMNISTOptions:
     scale_range: Tuple[float, float] = (0.8, 1.3)
     fragments: int = 3
     fragment_size: int = 9
+    position_step: int = 1
+    max_shift: Optional[int] = None
     epoch_size: int = 20_000
     test_size: int = 1_000
     seed: int = 0
@@ -69,8 +78,10 @@ class ClutteredMNISTOptions:
             # MNIST digits carry ~4 px of empty border per side; more than that would not fit the ink.
             raise ValueError(f"a digit scaled by {high} ({round(DIGIT_SIZE * high)} px) does not fit a "
                              f"{self.canvas_size} px canvas")
-        if self.fragments < 0 or self.fragment_size < 1 or self.epoch_size < 1 or self.test_size < 1:
-            raise ValueError("fragments must be >= 0 and fragment_size, epoch_size, test_size >= 1")
+        if self.max_shift is not None and self.max_shift < 0:
+            raise ValueError("max_shift must be >= 0 or None")
+        if self.fragments < 0 or min(self.fragment_size, self.position_step, self.epoch_size, self.test_size) < 1:
+            raise ValueError("fragments must be >= 0 and fragment_size, position_step, epoch_size, test_size >= 1")
 
 
 def _resize(digit: np.ndarray, side: int) -> np.ndarray:
@@ -118,8 +129,8 @@ def render_canvas(digit: np.ndarray, pool: np.ndarray, digit_index: int, rng: np
         scaled = _resize(digit, max(1, int(scaled.shape[0] * factor)))
         ix0, iy0, ix1, iy1 = _ink_box(scaled)
     # Offset of the scaled digit's top-left corner such that its ink lies inside the canvas.
-    ox = int(rng.integers(-ix0, size - ix1 + 1))
-    oy = int(rng.integers(-iy0, size - iy1 + 1))
+    ox = _position(rng, *_offset_range(ix0, ix1, size, options.max_shift), options.position_step)
+    oy = _position(rng, *_offset_range(iy0, iy1, size, options.max_shift), options.position_step)
     box = (ox + ix0, oy + iy0, ox + ix1, oy + iy1)
     _paste_max(canvas, scaled, ox, oy)
 
@@ -144,6 +155,25 @@ def render_canvas(digit: np.ndarray, pool: np.ndarray, digit_index: int, rng: np
                 _paste_max(canvas, fragment, fx, fy)
                 break
     return canvas, box
+
+
+def _offset_range(ink_start: int, ink_end: int, size: int, max_shift: Optional[int]) -> Tuple[int, int]:
+    """Smallest and largest offset of the scaled digit that keep its ink on the canvas (and near the centre)."""
+    low, high = -ink_start, size - ink_end
+    if max_shift is not None:
+        centred = (size - (ink_end - ink_start)) // 2 - ink_start
+        low, high = max(low, centred - max_shift), min(high, centred + max_shift)
+    return low, high
+
+
+def _position(rng: np.random.Generator, low: int, high: int, step: int) -> int:
+    """A uniform integer in [low, high], restricted to multiples of ``step`` when any exist there."""
+    if step > 1:
+        first = -(-low // step) * step  # smallest multiple of step >= low
+        count = (high - first) // step + 1
+        if count > 0:
+            return first + step * int(rng.integers(count))
+    return int(rng.integers(low, high + 1))
 
 
 def _paste_max(canvas: np.ndarray, patch: np.ndarray, x: int, y: int) -> None:

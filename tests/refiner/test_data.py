@@ -127,3 +127,20 @@ def test_imagefolder_reads_a_local_folder(tmp_path) -> None:
     assert image.shape == (3, 32, 32) and label == 1
     info = dataset_info("imagefolder", root=tmp_path)
     assert info.class_names == ("cat", "dog") and info.num_classes == 2
+
+
+def test_max_shift_keeps_the_digit_near_the_centre_and_position_step_snaps() -> None:
+    from refiner.data.cluttered_mnist import _position
+
+    centred = ClutteredMNIST("test", canvas_size=48, max_shift=0, fragments=0)
+    for index in range(0, 100, 9):
+        x0, y0, x1, y1 = centred[index][2].tolist()
+        assert abs((x0 + x1) / 2 - 24) <= 1 and abs((y0 + y1) / 2 - 24) <= 1
+    shifted = ClutteredMNIST("train", canvas_size=48, max_shift=5, fragments=2)
+    for index in range(50):
+        x0, y0, x1, y1 = shifted[index][2].tolist()
+        assert abs((x0 + x1) / 2 - 24) <= 6 and abs((y0 + y1) / 2 - 24) <= 6
+    rng = np.random.default_rng(0)
+    draws = {_position(rng, -3, 20, 6) for _ in range(200)}
+    assert draws == {0, 6, 12, 18}
+    assert _position(rng, 1, 4, 6) in range(1, 5)  # no multiple in range: any pixel
