@@ -340,8 +340,8 @@ def _unpack(batch: BatchLike) -> Tuple[torch.Tensor, Optional[torch.Tensor], Opt
         return batch, None, None
     items = list(batch)
     images = items[0]
-    labels = torch.as_tensor(items[1]) if len(items) > 1 else None
-    boxes = torch.as_tensor(items[2]) if len(items) > 2 else None
+    labels = torch.as_tensor(items[1]) if len(items) > 1 and items[1] is not None else None
+    boxes = torch.as_tensor(items[2]) if len(items) > 2 and items[2] is not None else None
     return images, labels, boxes
 
 

@@ -109,7 +109,8 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
     """Write every figure in every format, static images in one kaleido browser session.
 
     Args:
-        figures: file stem -> figure.
+        figures: file stem -> figure; a stem may contain "/" to write into sub-folders (all figures of a run
+            then share one browser session).
         directory: output folder (created).
         formats: subset of "png", "svg", "pdf", "html".
         scale: PNG scale.
@@ -126,6 +127,8 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
     directory.mkdir(parents=True, exist_ok=True)
     formats = [_check_format(f) for f in formats]
     written: List[Path] = []
+    for stem in figures:
+        (directory / stem).parent.mkdir(parents=True, exist_ok=True)
     if "html" in formats:
         for stem, fig in figures.items():
             path = directory / f"{stem}.html"

@@ -311,7 +311,11 @@ def overlay_figure(image: np.ndarray, heatmaps: Mapping[str, np.ndarray], title:
     fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=0, cmax=1,
                                      colorbar=dict(title=dict(text="share of panel maximum", side="right"))))
     fig.update_annotations(font=dict(size=12))
-    return paper_layout(fig, title, width=260 * columns + 140, height=250 * rows + 90)
+    paper_layout(fig, title, width=260 * columns + 140, height=250 * rows + 90)
+    # Pictures carry no axes: drop the ticks and lines the paper style adds.
+    fig.update_xaxes(ticks="", showline=False)
+    fig.update_yaxes(ticks="", showline=False)
+    return fig
 
 
 def localisation_figure(cls_in_box: Mapping[str, np.ndarray], chance: Optional[float] = None,

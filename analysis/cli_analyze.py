@@ -1,0 +1,463 @@
+"""``refiner analyze``: attention analysis of one or more models, written as figures, tables and a bundle.
+
+    refiner analyze --model checkpoints/vanilla --model checkpoints/refined --dataset cluttered-mnist --out out/
+    refiner analyze --model vit_small_patch16_224 --model refined_vit_small_patch16_224 --images photos/ --out out/
+    refiner analyze --manifest out/bundle.zip [--out out2/]        # the same figures again
+
+``--model`` takes a checkpoint directory (`refiner.load_checkpoint`) or a model name (`refiner.create_model`),
+optionally as ``LABEL=SPEC``. Outputs under ``--out``:
+
+    figures/dataset/<name>.{png,svg,pdf,html}     dataset curves with 95% intervals, paired differences, CKA
+    figures/images/<image>/<name>.{...}           the per-image figures of the first --per-image images
+    tables/dataset_metrics.{csv,json}             mean, interval (and paired difference, p-value) per metric/layer
+    tables/images/<image>.{csv,json}              every per-image metric
+    maps/<image>.npz                              raw maps of those images
+    manifest.json, bundle.zip                     everything above, plus the manifest (hashes, settings, versions)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attention_metrics import MetricSettings
+from .normalization import NORMALIZE_MODES
+
+DEFAULT_FORMATS = "png,svg,pdf,html"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``refiner analyze`` options."""
+    source = parser.add_argument_group("what to analyse")
+    source.add_argument("--model", action="append", default=[], metavar="[LABEL=]SPEC",
+                        help="checkpoint directory or model name; repeat for several models (e.g. vanilla, refined)")
+    inputs = source.add_mutually_exclusive_group()
+    inputs.add_argument("--images", type=Path, metavar="DIR", help="folder of images (jpg, png, webp, bmp, gif, tiff)")
+    inputs.add_argument("--dataset", metavar="NAME", help="a refiner dataset, e.g. cluttered-mnist (test split)")
+    inputs.add_argument("--manifest", type=Path, metavar="FILE",
+                        help="manifest.json or bundle.zip of an earlier run: re-make the same outputs")
+    source.add_argument("--out", type=Path, metavar="DIR", help="output folder (default for --manifest: "
+                        "<manifest folder>/remade)")
+    source.add_argument("--split", default="test", help="dataset split (default test)")
+    source.add_argument("--data-root", type=Path, default=None, help="folder of folder-based datasets")
+    source.add_argument("--max-images", type=int, default=1000, help="dataset images to analyse (default 1000)")
+    source.add_argument("--boxes", type=Path, default=None,
+                        help="JSON {file name: [x0, y0, x1, y1]} object boxes in original image pixels (--images)")
+    source.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for model names")
+
+    metric = parser.add_argument_group("metric settings (DESIGN section 5)")
+    defaults = MetricSettings()
+    metric.add_argument("--normalize", choices=NORMALIZE_MODES, default=defaults.normalize,
+                        help="row normalisation of non-stochastic (refined effective) maps")
+    metric.add_argument("--map-kind", choices=("effective", "softmax"), default=defaults.map_kind)
+    metric.add_argument("--tau", type=float, default=defaults.tau, help="cross-layer cosine threshold")
+    metric.add_argument("--block-threshold", type=float, default=defaults.block_threshold,
+                        help="layer similarity from which blocks count as similar")
+    metric.add_argument("--grid-radius", type=int, default=defaults.grid_radius)
+    metric.add_argument("--band-width", type=int, default=defaults.band_width)
+    metric.add_argument("--head-fusion", choices=("mean", "max", "min"), default=defaults.head_fusion)
+    metric.add_argument("--discard-ratio", type=float, default=defaults.discard_ratio)
+
+    output = parser.add_argument_group("outputs")
+    output.add_argument("--formats", default=DEFAULT_FORMATS, help=f"figure formats (default {DEFAULT_FORMATS})")
+    output.add_argument("--scale", type=float, default=2.0, help="PNG scale (2 = twice the layout size)")
+    output.add_argument("--per-image", type=int, default=4, help="images that get per-image figures and maps")
+    output.add_argument("--attributions", action="store_true",
+                        help="per-image IntegratedGradients, Saliency and attention x gradient (slower)")
+    output.add_argument("--batch-size", type=int, default=32)
+    output.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    output.add_argument("--seed", type=int, default=0)
+    output.add_argument("--no-bundle", action="store_true", help="skip bundle.zip")
+    output.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace) -> MetricSettings:
+    """The `MetricSettings` the command line asks for."""
+    return MetricSettings(normalize=args.normalize, tau=args.tau, block_threshold=args.block_threshold,
+                          grid_radius=args.grid_radius, band_width=args.band_width, head_fusion=args.head_fusion,
+                          discard_ratio=args.discard_ratio, map_kind=args.map_kind)
+
+
+# ------------------------------------------------------------------------------------------------- models
+@dataclass
+class LoadedModel:
+    """A model ready for analysis and what the manifest records about it."""
+
+    label: str
+    model: nn.Module
+    data: Dict[str, Any]
+    record: Dict[str, Any]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_config(checkpoint_or_model: Any) -> Dict[str, Any]:
+    """Preprocessing of a checkpoint or model: `refiner.image_input.data_config_for`, completed with the
+    trainer's ``extra["preprocessing"]`` and ``extra["class_names"]`` when the checkpoint has them."""
+    from refiner.image_input import data_config_for
+
+    data = data_config_for(checkpoint_or_model)
+    extra = ((getattr(checkpoint_or_model, "config", None) or {}).get("extra") or {})
+    saved = extra.get("preprocessing") or {}
+    for key in ("mean", "std", "in_chans"):
+        if saved.get(key) is not None:
+            data[key] = saved[key]
+    if saved.get("img_size") is not None:
+        size = saved["img_size"]
+        data["img_size"] = [int(size), int(size)] if np.isscalar(size) else [int(v) for v in size]
+    if extra.get("class_names"):
+        data["class_names"] = list(extra["class_names"])
+    if extra.get("dataset"):
+        data["dataset"] = extra["dataset"]
+        data["dataset_options"] = extra.get("dataset_options") or {}
+    return data
+
+
+def load_model(spec: str, pretrained: bool = False, seed: int = 0) -> LoadedModel:
+    """``[LABEL=]SPEC``: a checkpoint directory or a model name.
+
+    A model built from a name without pretrained weights is initialised under ``torch.manual_seed(seed)``,
+    so the same command (or ``--manifest``) gives the same random weights and the same figures.
+
+    Raises:
+        ValueError: neither a checkpoint nor a known model name (the message says which was tried).
+    """
+    import refiner
+    from .export import state_dict_sha256
+
+    label, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    path = Path(target)
+    if path.exists():
+        checkpoint = refiner.load_checkpoint(path)
+        model = checkpoint.model.eval()
+        label = label or path.name
+        record = {"label": label, "source": str(path.resolve()), "kind": "checkpoint",
+                  "model_spec": checkpoint.config.get("model"),
+                  "weights_sha256": checkpoint.config.get("weights_sha256")}
+        data = data_config(checkpoint)
+    else:
+        try:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                model = refiner.create_model(target, pretrained=pretrained).eval()
+        except ValueError as error:
+            raise ValueError(f"--model {target!r} is neither an existing checkpoint directory nor a model name: "
+                             f"{error}") from error
+        label = label or target
+        record = {"label": label, "source": target, "kind": "name", "pretrained": pretrained, "init_seed": seed,
+                  "model_spec": getattr(model, "model_spec", None), "weights_sha256": None}
+        data = data_config(model)
+    record["state_sha256"] = state_dict_sha256(model)
+    record["preprocessing"] = {k: v for k, v in data.items() if k != "class_names"}
+    return LoadedModel(label=label, model=model, data=data, record=record)
+
+
+def _unique_labels(models: List[LoadedModel]) -> None:
+    seen: Dict[str, int] = {}
+    for m in models:
+        if m.label in seen:
+            seen[m.label] += 1
+            m.label = f"{m.label}-{seen[m.label]}"
+            m.record["label"] = m.label
+        else:
+            seen[m.label] = 1
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+@dataclass
+class ImageItem:
+    """One input: per-model tensors, the picture for overlays, its box and identity."""
+
+    name: str
+    inputs: Dict[str, torch.Tensor]
+    picture: np.ndarray
+    box: Optional[Tuple[float, float, float, float]]
+    label: Optional[int]
+    record: Dict[str, Any] = field(default_factory=dict)
+
+
+def _fit_box(box: Sequence[float], size: Tuple[int, int], target: Tuple[int, int]) -> Tuple[float, ...]:
+    """Map a box from original pixels into the model input made by `refiner.image_input.fit_to_model`
+    (shorter side resized, longer side centre-cropped)."""
+    (w, h), (tw, th) = size, target
+    scale = max(tw / w, th / h)
+    dx, dy = (w * scale - tw) / 2, (h * scale - th) / 2
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (min(max(x0 * scale - dx, 0), tw), min(max(y0 * scale - dy, 0), th),
+            min(max(x1 * scale - dx, 0), tw), min(max(y1 * scale - dy, 0), th))
+
+
+def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str, Sequence[float]]
+                       ) -> Iterator[ImageItem]:
+    """Images of a folder (sorted by name) read safely; unreadable files are skipped with a message."""
+    from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError, fit_to_model, load_image, preprocess
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in ACCEPTED_EXTENSIONS)
+    if not files:
+        raise ValueError(f"no images ({', '.join(ACCEPTED_EXTENSIONS)}) in {folder}")
+    reference = models[0].data
+    for path in files:
+        try:
+            image = load_image(path)
+            inputs = {m.label: preprocess(image, m.data) for m in models}
+            picture = np.asarray(fit_to_model(image, reference))
+        except (ImageInputError, ValueError) as error:
+            print(f"skipping {path.name}: {error}", file=sys.stderr)
+            continue
+        target = (int(reference["img_size"][1]), int(reference["img_size"][0]))
+        box = _fit_box(boxes[path.name], image.size, target) if path.name in boxes else None
+        yield ImageItem(name=path.stem, inputs=inputs, picture=picture, box=box, label=None,
+                        record={"path": str(path.resolve()), "sha256": _file_sha256(path),
+                                "box_input_pixels": list(box) if box else None})
+
+
+def build_eval_dataset(name: str, split: str, root: Optional[Path], models: List[LoadedModel]):
+    """The dataset and its options (taken from the first checkpoint trained on it, so canvases match)."""
+    from refiner.data import build_dataset, canonical_name, dataset_info
+
+    key = canonical_name(name)
+    options: Dict[str, Any] = {}
+    for m in models:
+        if m.data.get("dataset") and canonical_name(m.data["dataset"]) == key:
+            options = dict(m.data.get("dataset_options") or {})
+            break
+    if key == "cluttered-mnist":
+        from dataclasses import fields
+
+        from refiner.data import ClutteredMNISTOptions
+
+        # Only the canvas options (the record may also hold training-only keys such as augmentation).
+        allowed = {f.name for f in fields(ClutteredMNISTOptions)}
+        options = {k: v for k, v in options.items() if k in allowed}
+    else:
+        options = {}
+    return build_dataset(key, split, root, **options), dataset_info(key, root, **options), options
+
+
+def _normaliser(data: Dict[str, Any]):
+    from refiner.image_input import _channel_stats  # same channel broadcasting as image preprocessing
+
+    in_chans = int(data.get("in_chans", 3))
+    mean = torch.tensor(_channel_stats(data.get("mean", [0.0]), in_chans, "mean")).view(1, -1, 1, 1)
+    std = torch.tensor(_channel_stats(data.get("std", [1.0]), in_chans, "std")).view(1, -1, 1, 1)
+    return lambda x: (x - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``refiner analyze``; returns the exit code."""
+    try:
+        if args.manifest is not None:
+            return _remake(args)
+        if not args.model:
+            print("refiner analyze: give at least one --model (or --manifest)", file=sys.stderr)
+            return 2
+        if args.images is None and args.dataset is None:
+            print("refiner analyze: give --images DIR or --dataset NAME (or --manifest FILE)", file=sys.stderr)
+            return 2
+        if args.out is None:
+            print("refiner analyze: --out DIR is required", file=sys.stderr)
+            return 2
+        return _analyze(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"refiner analyze: {error}", file=sys.stderr)
+        return 2
+
+
+def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None) -> int:
+    from tqdm.auto import tqdm
+
+    from . import export
+    from .dataset import analyze_dataset
+    from .figures import dataset_figures, image_figures
+    from .per_image import analyze_image
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    settings = settings_from_args(args)
+    models = [load_model(spec, args.pretrained, args.seed) for spec in args.model]
+    _unique_labels(models)
+    if expected is not None:
+        _verify_models(models, expected)
+    modules = {m.label: m.model for m in models}
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    files: Dict[str, Path] = {}
+    image_records: List[Dict[str, Any]] = []
+    progress = not args.no_progress
+    class_names = models[0].data.get("class_names")
+    # Figures are written together at the end: one kaleido browser session instead of one per image.
+    pending: Dict[str, Any] = {}
+
+    def per_image(items: List[ImageItem]) -> None:
+        for item in tqdm(items, desc="per-image analysis", unit="img", disable=not progress):
+            first = next(iter(item.inputs.values()))
+            # Models with different preprocessing each get their own input: analyse one model at a time.
+            parts = [analyze_image({label: modules[label]}, item.inputs[label], settings, item.box,
+                                   class_names=class_names, attributions=args.attributions)
+                     for label in modules] if _inputs_differ(item.inputs) else \
+                [analyze_image(modules, first, settings, item.box, class_names=class_names,
+                               attributions=args.attributions)]
+            result = parts[0] if len(parts) == 1 else _merge(parts, settings)
+            for stem, fig in image_figures(result, item.picture).items():
+                pending[f"images/{item.name}/{stem}"] = fig
+            rows = export.image_metrics_rows(result)
+            _write(out / "tables" / "images" / f"{item.name}.csv", export.table_csv(rows), files, out)
+            _write(out / "tables" / "images" / f"{item.name}.json", export.table_json(rows), files, out)
+            _write(out / "maps" / f"{item.name}.npz", export.maps_npz_bytes(result), files, out)
+
+    if args.images is not None:
+        boxes = json.loads(args.boxes.read_text(encoding="utf-8")) if args.boxes else {}
+        items = list(iter_folder_images(args.images, models, boxes))
+        if expected is not None:
+            _verify_images(items, expected)
+        image_records = [dict(i.record, name=i.name) for i in items]
+        per_image(items[: max(args.per_image, 0)])
+        # Dataset statistics over the folder (one batch per image keeps differing preprocessing simple).
+        batches = (({label: i.inputs[label][None] for label in modules},
+                    None if i.box is None else torch.tensor([i.box])) for i in items)
+        analysis = _dataset_over_items(modules, batches, settings, len(items), progress)
+        source = {"images": str(args.images.resolve()), "count": len(items)}
+    else:
+        dataset, info, options = build_eval_dataset(args.dataset, args.split, args.data_root, models)
+        count = min(len(dataset), args.max_images)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)),
+                                             batch_size=args.batch_size, shuffle=False)
+        preprocess = {m.label: _normaliser(m.data) for m in models}
+        firsts: List[ImageItem] = []
+        for index in range(min(args.per_image, count)):
+            sample = dataset[index]
+            image = sample[0]
+            box = tuple(float(v) for v in sample[2]) if info.has_boxes and len(sample) > 2 else None
+            firsts.append(ImageItem(name=f"{info.name}-{args.split}-{index:05d}",
+                                    inputs={lbl: fn(image[None])[0] for lbl, fn in preprocess.items()},
+                                    picture=image.numpy(), box=box, label=int(sample[1]),
+                                    record={"dataset": info.name, "split": args.split, "index": index}))
+        per_image(firsts)
+        analysis = analyze_dataset(modules, loader, settings, preprocess=preprocess, max_images=count,
+                                   progress=progress, total=count)
+        class_names = class_names or list(info.class_names)
+        source = {"dataset": info.name, "split": args.split, "count": count, "options": options}
+        image_records = [i.record for i in firsts]
+    if analysis is not None and analysis.images >= 2:
+        for stem, fig in dataset_figures(analysis, n_boot=args.n_boot, seed=args.seed).items():
+            pending[f"dataset/{stem}"] = fig
+        rows = export.dataset_rows(analysis, n_boot=args.n_boot, seed=args.seed)
+        _write(out / "tables" / "dataset_metrics.csv", export.table_csv(rows), files, out)
+        _write(out / "tables" / "dataset_metrics.json", export.table_json(rows), files, out)
+    print(f"writing {len(pending)} figures as {', '.join(formats)} ...", file=sys.stderr)
+    for path in export.write_figures(pending, out / "figures", formats, args.scale):
+        files[str(path.relative_to(out))] = path
+    manifest = export.build_manifest(
+        [m.record for m in models], image_records, {m.label: m.record["preprocessing"] for m in models},
+        settings.to_dict(), files=list(files),
+        extra={"source": source, "cli": _cli_record(args), "images_analysed": analysis.images if analysis else 0})
+    (out / export.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    if not args.no_bundle:
+        export.write_bundle(out / "bundle.zip", files, manifest)
+    print(f"wrote {len(files)} files to {out}" + ("" if args.no_bundle else f" and {out / 'bundle.zip'}"))
+    return 0
+
+
+def _inputs_differ(inputs: Dict[str, torch.Tensor]) -> bool:
+    tensors = list(inputs.values())
+    return any(t.shape != tensors[0].shape or not torch.equal(t, tensors[0]) for t in tensors[1:])
+
+
+def _merge(parts: list, settings: MetricSettings):
+    """Join single-model analyses of the same image into one (comparisons recomputed across them)."""
+    from .per_image import ImageAnalysis, _comparisons
+
+    models = {name: r for part in parts for name, r in part.models.items()}
+    return ImageAnalysis(models=models, settings=settings, box=parts[0].box, image_sha256=parts[0].image_sha256,
+                         **_comparisons(models, settings, "pca"))
+
+
+def _dataset_over_items(modules: Dict[str, nn.Module], batches, settings: MetricSettings, total: int,
+                        progress: bool):
+    """`analyze_dataset` when each model has its own input tensor (per-model preprocessing of files)."""
+    from .dataset import analyze_dataset
+
+    if total < 2:
+        return None
+    selected: Dict[str, torch.Tensor] = {}
+
+    def stream():
+        for inputs, boxes in batches:
+            selected.clear()
+            selected.update(inputs)
+            first = next(iter(inputs.values()))
+            yield (first, None, boxes) if boxes is not None else (first,)
+
+    # Each model picks its own tensor of the current item; the shared stream only carries boxes.
+    preprocess = {label: (lambda _x, label=label: selected[label]) for label in modules}
+    return analyze_dataset(modules, stream(), settings, preprocess=preprocess, progress=progress, total=total)
+
+
+def _write(path: Path, content, files: Dict[str, Path], root: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    files[str(path.relative_to(root))] = path
+
+
+def _cli_record(args: argparse.Namespace) -> Dict[str, Any]:
+    """The arguments that shape the outputs (paths as strings), for ``--manifest`` re-runs."""
+    skip = {"manifest", "out", "command", "no_progress"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+
+
+# ----------------------------------------------------------------------------------------- manifest re-run
+def _remake(args: argparse.Namespace) -> int:
+    from .export import read_manifest
+
+    manifest = read_manifest(args.manifest)
+    recorded = dict((manifest.get("extra") or {}).get("cli") or {})
+    if not recorded.get("model"):
+        raise ValueError(f"{args.manifest} records no command line to re-run")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    remade = parser.parse_args([])
+    for key, value in recorded.items():
+        if hasattr(remade, key):
+            setattr(remade, key, Path(value) if key in ("images", "data_root", "boxes") and value else value)
+    # Models are re-loaded from the recorded source with the label they had.
+    remade.model = [f"{m['label']}={m['source']}" for m in manifest["models"]]
+    remade.manifest = None
+    remade.no_progress = args.no_progress
+    remade.out = args.out or Path(args.manifest).resolve().parent / "remade"
+    return _analyze(remade, expected=manifest)
+
+
+def _verify_models(models: List[LoadedModel], manifest: Dict[str, Any]) -> None:
+    recorded = {m["label"]: m for m in manifest["models"]}
+    for m in models:
+        want = recorded.get(m.label, {}).get("state_sha256")
+        if want and want != m.record["state_sha256"]:
+            raise ValueError(f"model {m.label!r} from {m.record['source']} has different weights than the manifest "
+                             f"records (state sha256 {m.record['state_sha256'][:12]} != {want[:12]}); "
+                             "the figures would not be the same")
+
+
+def _verify_images(items: List[ImageItem], manifest: Dict[str, Any]) -> None:
+    recorded = {r.get("path"): r.get("sha256") for r in manifest.get("images", [])}
+    for item in items:
+        want = recorded.get(item.record["path"])
+        if want and want != item.record["sha256"]:
+            raise ValueError(f"image {item.record['path']} changed since the manifest was written (sha256 differs)")

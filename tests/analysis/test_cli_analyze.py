@@ -1,0 +1,93 @@
+"""``refiner analyze``: folder and dataset runs write figures, tables, maps and a bundle; --manifest re-makes."""
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import refiner
+from analysis import cli_analyze
+
+
+def run_cli(argv) -> int:
+    parser = argparse.ArgumentParser()
+    cli_analyze.add_arguments(parser)
+    return cli_analyze.run(parser.parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "boxes.json").write_text(json.dumps({"a.png": [0, 0, 24, 20]}))
+    return folder
+
+
+def test_images_folder_run_and_manifest_remake(image_folder, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code = run_cli(["--model", "vanilla=vit_micro_patch4_32", "--model", "refined=refined_vit_micro_patch4_32",
+                    "--images", image_folder, "--boxes", tmp_path / "boxes.json", "--out", out, "--formats", "html",
+                    "--per-image", 1, "--n-boot", 50, "--no-progress"])
+    assert code == 0
+    assert "skipping broken.png" in capsys.readouterr().err
+    assert (out / "figures" / "images" / "a" / "similarity_heatmaps.html").exists()
+    assert (out / "figures" / "images" / "a" / "localisation.html").exists()  # the box was used
+    assert (out / "figures" / "dataset" / "dataset_head_diversity.html").exists()
+    assert np.load(out / "maps" / "a.npz")["refined/effective"].shape == (4, 4, 65, 65)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["label"] for m in manifest["models"]] == ["vanilla", "refined"]
+    assert len(manifest["images"]) == 2 and all(len(i["sha256"]) == 64 for i in manifest["images"])
+    assert manifest["settings"]["normalize"] == "abs_rownorm"
+    with zipfile.ZipFile(out / "bundle.zip") as bundle:
+        names = set(bundle.namelist())
+    assert {"manifest.json", "tables/dataset_metrics.csv", "maps/a.npz"} <= names
+
+    assert run_cli(["--manifest", out / "bundle.zip", "--out", tmp_path / "again", "--no-progress"]) == 0
+    for table in ("tables/dataset_metrics.csv", "tables/images/a.csv"):
+        assert (tmp_path / "again" / table).read_text() == (out / table).read_text()
+
+    (image_folder / "a.png").write_bytes((image_folder / "b.jpg").read_bytes())  # the image changed
+    assert run_cli(["--manifest", out / "manifest.json", "--out", tmp_path / "third", "--no-progress"]) == 2
+    assert "changed since the manifest" in capsys.readouterr().err
+
+
+def test_dataset_run_from_checkpoints(tmp_path) -> None:
+    options = {"canvas_size": 32, "scale_range": [0.8, 1.1], "test_size": 8}
+    for name in ("vit_micro_patch4_32", "refined_vit_micro_patch4_32"):
+        model = refiner.create_model(name, in_chans=1)
+        refiner.save_checkpoint(model, tmp_path / name, extra={
+            "dataset": "cluttered-mnist", "dataset_options": options, "class_names": [str(i) for i in range(10)],
+            "preprocessing": {"mean": [0.1], "std": [0.3], "img_size": 32, "in_chans": 1}})
+    out = tmp_path / "out"
+    code = run_cli(["--model", tmp_path / "vit_micro_patch4_32", "--model", tmp_path / "refined_vit_micro_patch4_32",
+                    "--dataset", "cluttered-mnist", "--max-images", 8, "--batch-size", 4, "--out", out,
+                    "--formats", "html", "--per-image", 1, "--n-boot", 50, "--no-bundle", "--no-progress"])
+    assert code == 0
+    rows = json.loads((out / "tables" / "dataset_metrics.json").read_text())
+    accuracy = [r for r in rows if r["metric"] == "accuracy"]
+    assert len(accuracy) == 2 and all(r["n"] == 8 for r in accuracy)
+    assert any(r["metric"] == "cls_in_box" for r in rows)  # cluttered-mnist boxes reach localisation
+    assert any(r.get("p_value") is not None for r in rows)  # paired comparison of the two models
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["source"]["options"]["canvas_size"] == 32
+    assert manifest["models"][0]["weights_sha256"]
+    assert not (out / "bundle.zip").exists()
+
+
+def test_clear_errors(tmp_path, capsys) -> None:
+    assert run_cli(["--model", "no_such_model_xyz", "--images", tmp_path, "--out", tmp_path / "o"]) == 2
+    assert "neither an existing checkpoint directory nor a model name" in capsys.readouterr().err
+    assert run_cli(["--images", tmp_path, "--out", tmp_path / "o"]) == 2
+    (tmp_path / "m.json").write_text("{}")
+    assert run_cli(["--manifest", tmp_path / "m.json"]) == 2
+    assert "not a format-1 analysis manifest" in capsys.readouterr().err
