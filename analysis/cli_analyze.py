@@ -360,7 +360,7 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
         _write(out / "tables" / "dataset_metrics.csv", export.table_csv(rows), files, out)
         _write(out / "tables" / "dataset_metrics.json", export.table_json(rows), files, out)
     print(f"writing {len(pending)} figures as {', '.join(formats)} ...", file=sys.stderr)
-    for path in export.write_figures(pending, out / "figures", formats, args.scale):
+    for path in export.write_figures(pending, out / "figures", formats, args.scale, shared_plotlyjs=True):
         files[str(path.relative_to(out))] = path
     manifest = export.build_manifest(
         [m.record for m in models], image_records, {m.label: m.record["preprocessing"] for m in models},

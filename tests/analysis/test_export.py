@@ -90,3 +90,12 @@ def test_state_hash_changes_with_the_weights(result) -> None:
     finally:
         with torch.no_grad():
             model.head.bias.sub_(1.0)
+
+
+def test_html_can_share_one_plotly_js(tmp_path) -> None:
+    figs = {"dataset/a": similarity_heatmaps({"a": np.eye(2)}), "images/x/b": similarity_heatmaps({"b": np.eye(2)})}
+    paths = export.write_figures(figs, tmp_path, formats=("html",), shared_plotlyjs=True)
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    html = (tmp_path / "images" / "x" / "b.html").read_text()
+    assert 'src="../../plotly.min.js"' in html and len(html) < 100_000
+    assert len(paths) == 3
