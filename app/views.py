@@ -6,13 +6,14 @@ the analysis figures of DESIGN section 5 come from `analysis.figures`. No Stream
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 OVERLAY_PX = 340  # drawn size of the overlay figures; markers are sized from it so every patch is clickable
+PATCH_TRACE = 2    # index of the clickable marker trace in `attention_overlay` (after the image and the heatmap)
 SEQUENTIAL = "Inferno"
 DIVERGING = "RdBu_r"
 
@@ -39,7 +40,8 @@ def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tup
         diverging: use a symmetric diverging scale (maps that can be negative, differences).
 
     Returns:
-        A figure whose clickable markers carry ``customdata = [row, col]``.
+        A figure whose trace `PATCH_TRACE` has one clickable marker per patch, in row-major order (see
+        `clicked_patch`); its ``customdata = [row, col, value]`` feeds the hover text.
     """
     gh, gw = grid_map.shape
     ph, pw = patch_size
@@ -70,6 +72,28 @@ def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tup
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=OVERLAY_PX + 60,
                       margin={"l": 4, "r": 4, "t": 40, "b": 4}, clickmode="event+select", dragmode=False)
     return fig
+
+
+def clicked_patch(point: Mapping[str, Any], grid: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """The (row, col) patch of a point from a Streamlit selection on an `attention_overlay` figure.
+
+    The patch comes from the point's index, not its ``customdata``: plotly >= 6 sends numpy customdata as a
+    typed array, which reaches Python as a dict {"0": row, "1": col, ...} rather than a list.
+
+    Args:
+        point: one entry of ``selection["points"]`` (keys ``curve_number`` and ``point_index``).
+        grid: (Gh, Gw) patch grid of the figure.
+
+    Returns:
+        (row, col), or None when the point is not a patch marker (another trace) or is out of the grid.
+    """
+    if point.get("curve_number") != PATCH_TRACE:
+        return None
+    index = point.get("point_index", point.get("point_number"))
+    if not isinstance(index, int) or not 0 <= index < grid[0] * grid[1]:
+        return None
+    row, col = divmod(index, grid[1])
+    return int(row), int(col)
 
 
 def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: bool = False,

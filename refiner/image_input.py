@@ -207,6 +207,48 @@ def _as_pair(value: Any) -> Tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[-2], values[-1])
 
 
+def _first_conv(model: torch.nn.Module) -> Optional[torch.nn.Conv2d]:
+    """The convolution that sees the image: the one timm's ``pretrained_cfg["first_conv"]`` names, else the
+    first Conv2d registered in ``patch_embed`` (a conv stem registers its input conv before ``proj``)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("first_conv") if isinstance(cfg, Mapping) else None
+    if isinstance(name, str):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if isinstance(module, torch.nn.Conv2d):
+            return module
+    patch_embed = getattr(model, "patch_embed", None)
+    if isinstance(patch_embed, torch.nn.Module):
+        return next((m for m in patch_embed.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return None
+
+
+def input_channels(model: torch.nn.Module, default: int = 3) -> int:
+    """Number of image channels a model takes.
+
+    ``pretrained_cfg["input_size"][0]`` first (timm and our registrations keep it in step with an
+    ``in_chans`` override), checked against the first convolution's ``in_channels``; the convolution wins
+    when they disagree, since it is what the input actually meets. Not ``patch_embed.proj``: behind a conv
+    stem (the official Refiner-ViT) that layer takes the stem's 128 feature channels, not the image.
+
+    Args:
+        model: a ViT-like module.
+        default: used when the model has neither a pretrained_cfg input size nor a convolution.
+
+    Returns:
+        The channel count C of the (B, C, H, W) input.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+    from_cfg = int(size[0]) if isinstance(size, (tuple, list)) and len(size) == 3 else None
+    conv = _first_conv(model)
+    if conv is not None and conv.in_channels != from_cfg:
+        return int(conv.in_channels)
+    return from_cfg if from_cfg is not None else default
+
+
 def data_config_for(checkpoint_or_model: Any) -> Dict[str, Any]:
     """The preprocessing dict of a checkpoint or model (CONTRACT: "Checkpoint extra and preprocessing").
 
@@ -226,9 +268,7 @@ def data_config_for(checkpoint_or_model: Any) -> Dict[str, Any]:
     config = getattr(checkpoint_or_model, "config", None) or {}
     resolved = resolve_data_config({}, model=model)
     patch_embed = getattr(model, "patch_embed", None)
-    proj = getattr(patch_embed, "proj", None)
-    # The stem's own channel count is the truth; timm's pretrained_cfg may still say 3 for an in_chans=1 model.
-    in_chans = int(proj.in_channels) if isinstance(proj, torch.nn.Conv2d) else int(resolved["input_size"][0])
+    in_chans = input_channels(model, default=int(resolved["input_size"][0]))
     img = getattr(patch_embed, "img_size", None) or resolved["input_size"][1:]
     data: Dict[str, Any] = {
         "dataset": None,

@@ -16,18 +16,19 @@ from ..maps import (ModelView, all_heads_grids, head_matrix, map_query, patch_to
                     top_k)
 from ..exports import figure_exports, maps_export
 from ..sidebar import Context
-from ..views import attention_overlay, heads_grid, token_matrix, top_k_bars
+from ..views import attention_overlay, clicked_patch, heads_grid, token_matrix, top_k_bars
 
 CLICK_KEYS = ("click-a", "click-b")
 
 
 def _on_click(slot: int, grid: Tuple[int, int], prefix: int, other: Optional[Tuple[int, Tuple[int, int]]]) -> None:
     """A patch was clicked on slot ``slot``'s overlay: make it the query token (in model A's numbering)."""
-    state = st.session_state.get(CLICK_KEYS[slot])
-    points = (state or {}).get("selection", {}).get("points", []) if state else []
-    if not points or "customdata" not in points[0]:
+    state = st.session_state.get(CLICK_KEYS[slot]) or {}
+    points = state.get("selection", {}).get("points", [])
+    patch = clicked_patch(points[0], grid) if points else None
+    if patch is None:
         return
-    row, col = int(points[0]["customdata"][0]), int(points[0]["customdata"][1])
+    row, col = patch
     if slot == 1 and other is not None:
         # Clicked on B: translate its patch into A's grid so both panels stay linked.
         a_prefix, a_grid = other

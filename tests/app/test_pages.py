@@ -14,6 +14,7 @@ from app.images import upload_key
 from app.launch import add_arguments, streamlit_command
 from app.maps import map_query, patch_token, token_label
 from app.selection import Selection, parse_head, parse_int, url_changes
+from app.views import PATCH_TRACE, attention_overlay, clicked_patch
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
@@ -136,6 +137,21 @@ def test_token_helpers() -> None:
             self.num_prefix_tokens, self.grid = prefix, grid
     assert map_query(0, View(1, (8, 8)), View(1, (4, 4))) == 0
     assert map_query(1 + 7 * 8 + 7, View(1, (8, 8)), View(1, (4, 4))) == 1 + 15
+
+
+def test_clicked_patch_reads_the_point_index_of_the_marker_trace() -> None:
+    picture = np.zeros((48, 48, 3), np.uint8)
+    fig = attention_overlay(picture, np.random.default_rng(0).random((8, 8)), (6, 6), 0.5, "t")
+    markers = fig.data[PATCH_TRACE]
+    assert markers.type == "scatter" and len(markers.x) == 64
+    # What Streamlit sends for a click on marker 27 (plotly >= 6 turns numpy customdata into a dict).
+    point = {"curve_number": PATCH_TRACE, "point_index": 27, "x": 20.5, "y": 20.5,
+             "customdata": {"0": 3, "1": 3, "2": 0.1}}
+    assert clicked_patch(point, (8, 8)) == (3, 3)
+    assert (markers.x[27], markers.y[27]) == (3.5 * 6 - 0.5, 3.5 * 6 - 0.5)  # the marker sits on patch (3, 3)
+    assert clicked_patch(dict(point, curve_number=1), (8, 8)) is None   # the heatmap, not a patch marker
+    assert clicked_patch(dict(point, point_index=64), (8, 8)) is None
+    assert clicked_patch({"curve_number": PATCH_TRACE}, (8, 8)) is None
 
 
 def test_upload_key_is_content_addressed() -> None:

@@ -57,9 +57,10 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
 
         # Click a patch on the left overlay: the query token in the URL changes away from CLS.
         before = url_params(page).get("q")
-        chart = page.locator(".js-plotly-plot").first
-        box = chart.bounding_box()
-        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.55)
+        # The plot area (plotly's drag layer) of the left overlay, not the whole chart with title and colour bar.
+        box = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
+        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
         page.wait_for_function(f"new URLSearchParams(location.search).get('q') !== '{before}'", timeout=60_000)
         assert url_params(page)["q"] != "0"
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import refiner
-from refiner.image_input import (ImageInputError, check_min_size, data_config_for, fit_to_model, load_image,
-                                 preprocess)
+from refiner.image_input import (ImageInputError, check_min_size, data_config_for, fit_to_model, input_channels,
+                                 load_image, preprocess)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -255,3 +255,21 @@ def test_rgb_statistics_on_a_grey_model_are_averaged() -> None:
     data = {"img_size": [8, 8], "in_chans": 1, "mean": [0.2, 0.4, 0.6], "std": [0.5, 0.5, 0.5]}
     x = preprocess(Image.new("RGB", (8, 8), (0, 0, 0)), data)
     assert torch.allclose(x, torch.full_like(x, -0.8))
+
+
+def test_in_chans_comes_from_the_image_side_not_the_projection_behind_a_conv_stem() -> None:
+    # The official Refiner-ViT's patch_embed is a conv stem: patch_embed.proj takes 128 stem channels.
+    model = refiner.create_model("refiner_vit_s")
+    assert model.patch_embed.proj.in_channels == 128
+    data = data_config_for(model)
+    assert data["in_chans"] == 3 and len(data["mean"]) == 3
+    assert preprocess(gradient_rgb(), data).shape == (3, 224, 224)
+
+
+def test_input_channels_prefers_the_first_conv_when_the_cfg_disagrees() -> None:
+    model = refiner.create_model("vit_mini_patch6_48", in_chans=1)
+    assert input_channels(model) == 1
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 48, 48))  # a stale cfg
+    assert input_channels(model) == 1
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 4))  # no cfg, no conv: the caller's default
+    assert input_channels(plain, default=5) == 5
