@@ -86,3 +86,30 @@ def test_reduction_under_a_single_process_group(tmp_path) -> None:
         dist.destroy_process_group()
     np.testing.assert_allclose(acc.mean("head_js"), [0.2, 0.4])
     assert acc.images == 1 and acc.curve_matrix("head_js").shape == (1, 2)
+
+
+def _rank_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        acc = MetricAccumulator()
+        for image in range(rank + 1):  # rank 0 sees one image, rank 1 two
+            acc.add({"head_js": np.array([rank, 10.0 + image])})
+        acc.reduce_across_processes()
+        if rank == 0:
+            np.savez(out, mean=acc.mean("head_js"), curves=acc.curve_matrix("head_js"), images=acc.images)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_reduction_sums_and_gathers_in_rank_order(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.npz"
+    mp.spawn(_rank_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    result = np.load(out)
+    assert int(result["images"]) == 3
+    np.testing.assert_allclose(result["curves"], [[0, 10], [1, 10], [1, 11]])
+    np.testing.assert_allclose(result["mean"], [2 / 3, 31 / 3])
