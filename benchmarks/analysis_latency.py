@@ -43,18 +43,23 @@ def capture_maps(name: str) -> tuple[np.ndarray, refiner.AttentionMeta]:
     return rec.stacked("effective")[0].numpy(), rec.meta
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, List[float]]:
-    """Seconds per call of each function, timed in alternation so background load hits all alike."""
+def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+                      ) -> tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """Wall-clock and process CPU seconds per call of each function, timed in alternation so background
+    load hits all alike. On a shared machine the wall clock also counts time spent waiting for a core;
+    the CPU time (all metrics run on one thread) is what the computation itself costs."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
+    wall: Dict[str, List[float]] = {k: [] for k in fns}
+    cpu: Dict[str, List[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append(time.perf_counter() - start)
-    return times
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> int:
@@ -78,11 +83,18 @@ def main() -> int:
     fns = {
         "vanilla_softmax": lambda: compute_map_metrics(vanilla, *geometry, settings=settings, box=box),
         "refined_effective": lambda: compute_map_metrics(refined, *geometry, settings=settings, box=box),
-        "head_embedding_pca_both_models": embed,
     }
-    times = interleaved_medians(fns, args.repeats)
+    load_before = os.getloadavg()
+    times, cpu_times = interleaved_times(fns, args.repeats)
+    # Timed on its own: interleaved, its 45 MB of float64 features are returned to the OS after every call
+    # and the next metric call pays the page faults again.
+    embed_times, embed_cpu = interleaved_times({"head_embedding_pca_both_models": embed}, args.repeats)
+    times.update(embed_times)
+    cpu_times.update(embed_cpu)
     medians_ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    cpu_ms = {k: 1000 * statistics.median(v) for k, v in cpu_times.items()}
     worst_model_ms = max(medians_ms["vanilla_softmax"], medians_ms["refined_effective"])
+    worst_cpu_ms = max(cpu_ms["vanilla_softmax"], cpu_ms["refined_effective"])
     result = {
         "benchmark": "analysis_latency",
         "maps_shape": list(vanilla.shape),
@@ -91,8 +103,11 @@ def main() -> int:
         "repeats": args.repeats,
         "median_ms": medians_ms,
         "min_ms": {k: 1000 * min(v) for k, v in times.items()},
+        "median_cpu_ms": cpu_ms,
         "per_model_goal_ms": GOAL_MS,
-        "meets_goal": worst_model_ms <= GOAL_MS,
+        "meets_goal_wall_median": worst_model_ms <= GOAL_MS,
+        "meets_goal_cpu_median": worst_cpu_ms <= GOAL_MS,
+        "load_average_before": list(load_before),
         "negative_fraction_refined": float(np.mean(compute_map_metrics(refined, *geometry)["negative_fraction"])),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "load_average": list(os.getloadavg()), "numpy": np.__version__, "torch": torch.__version__},
@@ -101,9 +116,11 @@ def main() -> int:
     out = RESULTS / "analysis_latency.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in medians_ms.items():
-        print(f"{key:34s} median {value:7.1f} ms   min {result['min_ms'][key]:7.1f} ms")
-    print(f"all per-image metrics, ViT-S/16 maps {tuple(vanilla.shape)}: {worst_model_ms:.1f} ms per model "
-          f"(goal <= {GOAL_MS:.0f} ms: {'met' if result['meets_goal'] else 'NOT met'}); wrote {out}")
+        print(f"{key:34s} wall median {value:7.1f} ms   min {result['min_ms'][key]:7.1f} ms   "
+              f"CPU median {cpu_ms[key]:7.1f} ms")
+    print(f"all per-image metrics, ViT-S/16 maps {tuple(vanilla.shape)}, slower model: wall median "
+          f"{worst_model_ms:.1f} ms, CPU {worst_cpu_ms:.1f} ms (goal <= {GOAL_MS:.0f} ms; load average "
+          f"{load_before[0]:.1f} on {os.cpu_count()} CPUs); wrote {out}")
     return 0
 
 
