@@ -1,68 +1,103 @@
-"""Export buttons for figures, tables and raw maps (DESIGN section 6: every figure, every table).
+"""Export buttons for figures, tables, raw maps and the view bundle (DESIGN section 6).
 
-Files are produced only when a button is clicked (``st.download_button`` with a callable), so drawing a
-page never pays for static image rendering, and clicking never re-runs the page.
+The bytes come from `analysis.export` (the writer ``refiner analyze`` uses), so files from the app and the
+CLI are the same. Files are produced only when a button is clicked (``st.download_button`` with a
+callable), so drawing a page never pays for static image rendering, and clicking never re-runs the page.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import json
-from typing import Callable, Dict, Mapping
+from typing import Any, Callable, List, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-FIGURE_FORMATS: Dict[str, str] = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf",
-                                  "html": "text/html"}
+from analysis import export
+
+from .bundle import BUNDLE_FORMATS, DEFAULT_BUNDLE_FORMATS, npz_bytes
+
+FIGURE_MIMES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html"}
 
 
-def figure_bytes(fig: go.Figure, fmt: str, scale: float = 2.0) -> bytes:
-    """One figure as PNG (at ``scale`` times its drawn size), SVG, PDF or standalone interactive HTML."""
-    if fmt == "html":
-        return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
-    if fmt not in FIGURE_FORMATS:
-        raise ValueError(f"unknown figure format {fmt!r}; choose from {', '.join(FIGURE_FORMATS)}")
-    width = fig.layout.width or 900
-    height = fig.layout.height or 500
-    return fig.to_image(format=fmt, width=int(width), height=int(height), scale=scale if fmt == "png" else 1)
+@functools.lru_cache(maxsize=1)
+def static_export_available() -> bool:
+    """Whether kaleido has a browser for PNG/SVG/PDF (looked up once per process: it does not change)."""
+    return export.browser_path() is not None
 
 
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """Arrays as a compressed .npz file."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-    return buffer.getvalue()
+def _or_message(make: Callable[[], bytes], what: str) -> Callable[[], bytes]:
+    """Wrap a deferred export so that a failure still reaches the user in words.
 
-
-def _deferred(make: Callable[[], bytes]) -> Callable[[], bytes]:
-    return make
+    A deferred download callable runs when the file is fetched, outside the page script, where an exception
+    would only show as a broken download and nothing can be drawn; the downloaded file then holds the reason.
+    The usual cause (no browser for static formats) is caught earlier: those buttons are disabled with the
+    reason shown.
+    """
+    def run() -> bytes:
+        try:
+            return make()
+        except (export.ExportError, ValueError) as error:
+            return f"{what} failed: {error}\n".encode("utf-8")
+    return run
 
 
 def figure_exports(fig: go.Figure, name: str, key: str) -> None:
-    """A row of download buttons under a figure: PNG (scale chosen in the popover), SVG, PDF, HTML."""
+    """Download buttons for one figure in a popover: PNG (scale chosen there), SVG, PDF, HTML."""
     with st.popover("Export figure", icon=":material/download:"):
         scale = st.select_slider("PNG scale", options=[1, 2, 3, 4], value=2, key=f"{key}-scale")
-        for fmt, mime in FIGURE_FORMATS.items():
+        static = static_export_available()
+        if not static:
+            st.caption(export.NO_BROWSER_MESSAGE)
+        for fmt, mime in FIGURE_MIMES.items():
             st.download_button(
                 f"{fmt.upper()}" + (f" ({scale}x)" if fmt == "png" else ""),
-                data=_deferred(lambda fmt=fmt, scale=scale: figure_bytes(fig, fmt, scale)),
-                file_name=f"{name}.{fmt}", mime=mime, key=f"{key}-{fmt}", on_click="ignore")
+                data=_or_message(lambda fmt=fmt, scale=scale: export.figure_bytes(fig, fmt, scale),
+                                 f"{fmt.upper()} export"),
+                file_name=f"{name}.{fmt}", mime=mime, key=f"{key}-{fmt}", on_click="ignore",
+                disabled=fmt in export.STATIC_FORMATS and not static)
+
+
+def _rows(table: pd.DataFrame) -> List[Mapping[str, Any]]:
+    # Through JSON so numpy scalars and NaN become plain numbers and None, as `analysis.export` writes them.
+    return json.loads(table.to_json(orient="records"))
 
 
 def table_exports(table: pd.DataFrame, name: str, key: str) -> None:
-    """CSV and JSON download buttons for a table."""
+    """CSV and JSON download buttons for a table (`analysis.export.table_csv` / ``table_json``)."""
     left, right = st.columns(2)
-    left.download_button("CSV", data=_deferred(lambda: table.to_csv(index=False).encode("utf-8")),
+    left.download_button("CSV", data=lambda: export.table_csv(_rows(table)).encode("utf-8"),
                          file_name=f"{name}.csv", mime="text/csv", key=f"{key}-csv", on_click="ignore")
-    right.download_button("JSON", data=_deferred(lambda: json.dumps(
-        json.loads(table.to_json(orient="records")), indent=2).encode("utf-8")),
+    right.download_button("JSON", data=lambda: export.table_json(_rows(table)).encode("utf-8"),
                           file_name=f"{name}.json", mime="application/json", key=f"{key}-json", on_click="ignore")
 
 
 def maps_export(arrays: Mapping[str, np.ndarray], name: str, key: str, label: str = "Raw maps (NPZ)") -> None:
     """A download button for raw arrays as NPZ."""
-    st.download_button(label, data=_deferred(lambda: npz_bytes(arrays)), file_name=f"{name}.npz",
+    st.download_button(label, data=lambda: npz_bytes(arrays), file_name=f"{name}.npz",
                        mime="application/octet-stream", key=f"{key}-npz", on_click="ignore")
+
+
+def bundle_export(make: Callable[[Sequence[str]], bytes], name: str, key: str) -> None:
+    """One button for the ZIP bundle of the current view, with the figure formats to put in it.
+
+    Args:
+        make: builds the bundle for the chosen figure formats (`app.bundle.build_bundle` bound to the view).
+        name: file name without extension.
+        key: widget key prefix.
+    """
+    with st.popover("Download bundle (ZIP)", icon=":material/folder_zip:"):
+        static = static_export_available()
+        offered = [f for f in BUNDLE_FORMATS if static or f not in export.STATIC_FORMATS]
+        formats = st.multiselect("Figure formats", offered, default=[f for f in DEFAULT_BUNDLE_FORMATS if f in offered],
+                                 key=f"{key}-formats",
+                                 help="PNG/SVG/PDF are rendered by a headless browser (seconds per figure); HTML "
+                                      "is interactive and opens offline.")
+        st.caption("Figures, tables (CSV/JSON), raw maps (NPZ) and manifest.json: model names, weight hashes, "
+                   "image hash, preprocessing, settings, library versions.")
+        st.download_button("Bundle (ZIP)", data=_or_message(lambda: make(tuple(formats)), "Bundle"),
+                           file_name=f"{name}.zip", mime="application/zip", key=f"{key}-zip",
+                           on_click="ignore", disabled=not formats, type="primary")

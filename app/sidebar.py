@@ -23,6 +23,10 @@ from .sources import DEFAULT_PAIR, LoadedModel, SourceError, missing_default_mes
 UPLOAD_WIDGET = "upload"
 EXTRA_SOURCES = "extra_sources"   # sources added on the Models page (short strings)
 UPLOAD_ERROR = "upload_error"     # the last rejected upload's message
+# The bytes of the last upload that decoded. The uploader widget holds whatever file was dropped last, also a
+# rejected one; keeping the accepted bytes apart is what lets a bad upload change nothing (DESIGN section 8).
+# One file per session, at most the upload size limit.
+ACCEPTED_UPLOAD = "accepted_upload"
 
 
 @dataclass
@@ -76,8 +80,8 @@ def _on_upload() -> None:
     uploaded = st.session_state.get(UPLOAD_WIDGET)
     st.session_state[UPLOAD_ERROR] = ""
     if uploaded is None:
-        if str(st.session_state.get("img", "")).startswith("upload:"):
-            st.session_state["img"] = sample_keys()[0]
+        # Replacing the file fires a change with no file before the new one arrives, so an empty uploader
+        # must not drop the accepted image: it stays in the Image picker until another upload decodes.
         return
     data = uploaded.getvalue()
     try:
@@ -85,6 +89,7 @@ def _on_upload() -> None:
     except ImageInputError as error:
         st.session_state[UPLOAD_ERROR] = f"{uploaded.name}: {error}"
         return
+    st.session_state[ACCEPTED_UPLOAD] = data
     st.session_state["img"] = upload_key(data)
 
 
@@ -97,8 +102,8 @@ def _load(source: str, errors: List[str]) -> Optional[LoadedModel]:
 
 
 def _current_upload() -> Optional[bytes]:
-    uploaded = st.session_state.get(UPLOAD_WIDGET)
-    return None if uploaded is None else uploaded.getvalue()
+    """The last upload that decoded (a later rejected one does not replace it)."""
+    return st.session_state.get(ACCEPTED_UPLOAD)
 
 
 def render_sidebar() -> Context:
@@ -130,7 +135,7 @@ def render_sidebar() -> Context:
         sidebar.error(st.session_state[UPLOAD_ERROR])
     upload = _current_upload()
     image_options = sample_keys()
-    if upload is not None and upload_key(upload) not in image_options and st.session_state.get(UPLOAD_ERROR) == "":
+    if upload is not None and upload_key(upload) not in image_options:
         image_options = [upload_key(upload)] + image_options
     if st.session_state["img"] not in image_options:
         if str(st.session_state["img"]).startswith("upload:"):

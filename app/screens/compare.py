@@ -7,14 +7,15 @@ any display option re-draws without running a model.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import streamlit as st
 
 from ..maps import (ModelView, all_heads_grids, head_matrix, map_query, patch_token, query_grid, token_label,
                     top_k)
-from ..exports import figure_exports, maps_export
+from ..bundle import ViewContents, build_bundle
+from ..exports import bundle_export, figure_exports, maps_export
 from ..sidebar import Context
 from ..views import attention_overlay, clicked_patch, heads_grid, token_matrix, top_k_bars
 
@@ -53,6 +54,12 @@ def _query_patch(query: int, view: ModelView) -> Optional[Tuple[int, int]]:
     return divmod(query - view.num_prefix_tokens, view.grid[1])
 
 
+def _grid_rows(label: str, grid_map: np.ndarray) -> List[Dict[str, object]]:
+    """Long-format rows (model, row, col, attention) of one query's map over the patches."""
+    return [{"model": label, "row": int(r), "col": int(c), "attention": float(v)}
+            for (r, c), v in np.ndenumerate(grid_map)]
+
+
 def render(ctx: Context) -> None:
     """Draw the Compare page."""
     st.title("Compare attention")
@@ -66,6 +73,12 @@ def render(ctx: Context) -> None:
     head_text = ctx.selection.head if not ctx.selection.head.isdigit() else f"head {ctx.selection.head}"
     st.caption(f"Query: {token_label(queries[0], views[0].num_prefix_tokens, views[0].grid)}. Click a patch on "
                "either image to make it the query; CLS is token 0 in the sidebar.")
+
+    # The bundle button sits at the top but is filled in last, once every figure of the view exists.
+    bundle_slot = st.container()
+    contents = ViewContents(settings={
+        "page": "compare", "layer_a": layers[0] + 1, "layer_b": layers[1] + 1, "head": ctx.selection.head,
+        "query_a": queries[0], "query_b": queries[1], "map_kind": kind, "opacity": opacity})
 
     grids = []
     columns = st.columns(2)
@@ -85,12 +98,18 @@ def render(ctx: Context) -> None:
             st.plotly_chart(fig, key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
                             on_select=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
             figure_exports(fig, f"overlay-{'ab'[slot]}-layer{layer + 1}", key=f"exp-overlay-{slot}")
+            contents.figures[f"overlay-{'ab'[slot]}-layer{layer + 1}"] = fig
+            contents.tables[f"query-map-{'ab'[slot]}"] = _grid_rows(model.label, grid_map)
             predictions = top_k(view.probs, model.class_names, 5)
             truth = model.class_names[ctx.item.label] if ctx.item.label is not None and \
                 ctx.item.label < len(model.class_names) else None
             bars = top_k_bars(predictions, "Top-5 predictions", truth)
             st.plotly_chart(bars, key=f"top5-{slot}", config={"displayModeBar": False})
             figure_exports(bars, f"top5-{'ab'[slot]}", key=f"exp-top5-{slot}")
+            contents.figures[f"top5-{'ab'[slot]}"] = bars
+            contents.tables.setdefault("top5", []).extend(
+                {"slot": "AB"[slot], "model": model.label, "rank": rank, "class_name": name, "probability": prob}
+                for rank, (name, prob) in enumerate(predictions, start=1))
 
     tabs = st.tabs(["All heads", "N x N matrix", "Softmax vs effective", "Difference A - B", "Raw maps"])
     with tabs[0]:
@@ -102,6 +121,7 @@ def render(ctx: Context) -> None:
                              diverging=bool(maps.min() < 0))
             st.plotly_chart(fig, key=f"heads-{slot}")
             figure_exports(fig, f"heads-{'ab'[slot]}-layer{layer + 1}", key=f"exp-heads-{slot}")
+            contents.figures[f"heads-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[1]:
         for slot, column in enumerate(st.columns(2)):
             view, layer = views[slot], layers[slot]
@@ -113,6 +133,7 @@ def render(ctx: Context) -> None:
             with column:
                 st.plotly_chart(fig, key=f"matrix-{slot}")
                 figure_exports(fig, f"matrix-{'ab'[slot]}-layer{layer + 1}", key=f"exp-matrix-{slot}")
+            contents.figures[f"matrix-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[2]:
         shown = False
         for slot, (model, view, layer, query) in enumerate(zip(ctx.models, views, layers, queries)):
@@ -130,6 +151,7 @@ def render(ctx: Context) -> None:
                              f"{model.label}, layer {layer + 1}", diverging=True, columns=3)
             st.plotly_chart(fig, key=f"softeff-{slot}")
             figure_exports(fig, f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}", key=f"exp-softeff-{slot}")
+            contents.figures[f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}"] = fig
         if not shown:
             st.info("Neither model refines this layer, so its softmax and effective maps are the same.")
     with tabs[3]:
@@ -143,6 +165,11 @@ def render(ctx: Context) -> None:
                                     query_patch=_query_patch(queries[0], views[0]), diverging=True)
             st.plotly_chart(fig, key="difference", config={"displayModeBar": False})
             figure_exports(fig, "difference-a-b", key="exp-difference")
+            contents.figures["difference-a-b"] = fig
+    with bundle_slot:
+        bundle_export(functools.partial(build_bundle, contents, ctx.models, views, ctx.item,
+                                        extra={"url_query": ctx.selection.to_url()}),
+                      f"refiner-view-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="bundle")
     with tabs[4]:
         st.write("Every block's softmax and effective maps of both models on this image, (L, H, N, N) each.")
         for slot, (model, view) in enumerate(zip(ctx.models, views)):

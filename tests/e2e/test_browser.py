@@ -4,6 +4,7 @@ a corrupt upload, screenshots."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
 
         # Change the layer with the keyboard on the sidebar slider.
         layer = url_params(page)["layer"]
-        page.locator("[data-testid=stSidebar] [role=slider]").first.focus()
+        page.locator("[data-testid=stSidebar] [data-testid=stSlider] input").first.focus()
         page.keyboard.press("ArrowLeft")
         page.wait_for_function(f"new URLSearchParams(location.search).get('layer') !== '{layer}'", timeout=60_000)
         wait_for_charts(page)
@@ -78,6 +79,18 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
             page.get_by_role("button", name="PNG (2x)").first.click()
         png = Path(download.value.path()).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size[0] > 100
+        page.keyboard.press("Escape")
+
+        # The bundle of the view: a zip with manifest.json, the figures, tables and raw maps.
+        page.get_by_role("button", name="Download bundle (ZIP)").click()
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_role("button", name="Bundle (ZIP)", exact=True).click()
+        with zipfile.ZipFile(download.value.path()) as archive:
+            names = set(archive.namelist())
+            manifest = json.loads(archive.read("manifest.json"))
+        assert {"maps/maps.npz", "tables/top5.csv"} <= names and any(n.endswith(".png") for n in names)
+        assert [m["label"] for m in manifest["models"]] == ["vanilla", "refined"]
+        assert manifest["settings"]["query_a"] == int(url_params(page)["q"])
         page.keyboard.press("Escape")
 
         # Raw maps of both models as NPZ (a zip archive with the arrays).

@@ -1,0 +1,135 @@
+"""The ZIP bundle of what the Compare page shows: figures, tables, raw maps and a manifest (DESIGN section 6).
+
+The files and the manifest come from `analysis.export` (the same writer as ``refiner analyze``), so a bundle
+from the app and one from the CLI read the same way (`analysis.export.read_manifest`). The bundle is built
+only when its button is clicked; drawing the page never pays for static image rendering. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from analysis import export
+
+from .images import ImageItem
+from .maps import ModelView
+from .sources import LoadedModel
+
+BUNDLE_FORMATS = ("png", "svg", "pdf", "html")
+DEFAULT_BUNDLE_FORMATS = ("png", "html")  # static SVG/PDF cost seconds per figure; each figure offers them alone
+
+
+@dataclass
+class ViewContents:
+    """What one page run drew, collected for the bundle while the page is drawn.
+
+    Attributes:
+        figures: file stem -> figure.
+        tables: file stem -> long-format rows.
+        settings: the view's selection and display options (layer, head, query, map kind, ...).
+    """
+
+    figures: Dict[str, go.Figure] = field(default_factory=dict)
+    tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+
+def model_record(slot: str, model: LoadedModel) -> Dict[str, Any]:
+    """What the manifest says about one model slot (the shape `refiner analyze` records, plus the slot)."""
+    path_kind = "name" if model.source.startswith("timm:") else "checkpoint"
+    return {"label": model.label, "slot": slot, "source": model.source, "kind": path_kind,
+            "architecture": model.architecture, "model_spec": model.config.get("model"),
+            "weights_sha256": model.weights_sha256 or None,
+            "state_sha256": export.state_dict_sha256(model.model), "num_params": model.num_params,
+            "preprocessing": {k: v for k, v in model.data.items() if k != "class_names"}}
+
+
+def image_record(item: ImageItem, views: Sequence[ModelView], labels: Sequence[str]) -> Dict[str, Any]:
+    """The image: its key, the hash of its file (uploads) or pixels (samples), and of each model's input."""
+    return {"key": item.key, "sha256": item.sha256, "label": item.label,
+            "box": None if item.box is None else list(item.box), "notes": list(item.notes),
+            "input_sha256": {label: _array_sha256(view.input_tensor) for label, view in zip(labels, views)}}
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def maps_arrays(labels: Sequence[str], views: Sequence[ModelView]) -> Dict[str, np.ndarray]:
+    """Raw arrays of every model, named ``<label>/<array>`` like `analysis.export.maps_npz_bytes`.
+
+    Per model: ``effective`` and ``softmax`` (L, H, N, N), ``has_softmax`` and ``refined`` (L,), ``probs``
+    (C,), ``input`` (C, H, W), ``picture`` (H, W, 3) and ``geometry`` = [K, Gh, Gw, ph, pw, H_img, W_img].
+    """
+    arrays: Dict[str, np.ndarray] = {}
+    for label, view in zip(labels, views):
+        arrays.update({f"{label}/effective": view.effective, f"{label}/softmax": view.softmax,
+                       f"{label}/has_softmax": view.has_softmax, f"{label}/refined": view.refined,
+                       f"{label}/probs": view.probs, f"{label}/input": view.input_tensor,
+                       f"{label}/picture": view.picture,
+                       f"{label}/geometry": np.array([view.num_prefix_tokens, *view.grid, *view.patch_size,
+                                                      *view.picture.shape[:2]], dtype=np.int64)})
+    return arrays
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays as a compressed .npz file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def build_bundle(contents: ViewContents, models: Sequence[LoadedModel], views: Sequence[ModelView],
+                 item: ImageItem, formats: Sequence[str] = DEFAULT_BUNDLE_FORMATS,
+                 extra: Optional[Mapping[str, Any]] = None) -> bytes:
+    """The ZIP bundle of one view, as bytes.
+
+    Layout: ``figures/<stem>.<fmt>`` (HTML files share ``figures/plotly.min.js``, offline), ``tables/<stem>.csv``
+    and ``.json``, ``maps/maps.npz`` (`maps_arrays`) and ``manifest.json`` (model names, weight and state
+    hashes, image and input hashes, preprocessing, settings, library versions, file list).
+
+    Args:
+        contents: figures, tables and settings collected while the page was drawn.
+        models: the loaded models, slot A first.
+        views: their captures on the image, in the same order.
+        item: the image.
+        formats: figure formats, a subset of `BUNDLE_FORMATS`.
+        extra: anything else for the manifest's "extra" (e.g. the page URL's query).
+
+    Returns:
+        The bytes of the ZIP.
+
+    Raises:
+        ValueError: an unknown format.
+        analysis.export.ExportError: static formats were asked for and no browser can render them.
+    """
+    unknown = [f for f in formats if f not in BUNDLE_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"bundle figure formats must be some of {', '.join(BUNDLE_FORMATS)}, got {list(formats)}")
+    slots = ("A", "B")
+    # Labels name the arrays and tables; the slot letter keeps them apart when both slots hold one model.
+    labels = [f"{slots[i]}-{m.label}" for i, m in enumerate(models)]
+    with tempfile.TemporaryDirectory(prefix="refiner-bundle-") as tmp:
+        root = Path(tmp)
+        files: Dict[str, Any] = {}
+        for path in export.write_figures(contents.figures, root / "figures", formats, shared_plotlyjs=True):
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+        for stem, rows in contents.tables.items():
+            files[f"tables/{stem}.csv"] = export.table_csv(rows)
+            files[f"tables/{stem}.json"] = export.table_json(rows)
+        files["maps/maps.npz"] = npz_bytes(maps_arrays(labels, views))
+        manifest = export.build_manifest(
+            [model_record(slot, m) for slot, m in zip(slots, models)], [image_record(item, views, labels)],
+            {label: {k: v for k, v in m.data.items() if k != "class_names"} for label, m in zip(labels, models)},
+            contents.settings, files=list(files), extra={"made_by": "refiner app", **dict(extra or {})})
+        bundle = export.write_bundle(root / "bundle.zip", files, manifest)
+        return bundle.read_bytes()

@@ -1,0 +1,81 @@
+"""The view bundle: files, tables, raw maps and a manifest that `analysis.export.read_manifest` accepts."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.export import read_manifest
+from app.bundle import ViewContents, build_bundle, maps_arrays
+from app.images import upload_item
+from app.maps import run_model
+from app.sources import load_source
+from app.views import attention_overlay, top_k_bars
+
+
+def test_bundle_of_a_view(app_env: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((np.indices((60, 50)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(buffer, "PNG")
+    upload = buffer.getvalue()
+    item = upload_item(upload)
+    models = [load_source("vanilla"), load_source("refined")]
+    views = [run_model(m, item.image) for m in models]
+    contents = ViewContents(settings={"layer_a": 2, "head": "mean", "query_a": 5})
+    contents.figures["overlay-a"] = attention_overlay(views[0].picture, np.ones(views[0].grid), views[0].patch_size,
+                                                      0.5, "overlay")
+    contents.figures["top5"] = top_k_bars([("3", 0.5), ("1", 0.2)], "top-5")
+    contents.tables["top5"] = [{"model": "vanilla", "rank": 1, "class_name": "3", "probability": 0.5}]
+
+    data = build_bundle(contents, models, views, item, formats=("html",), extra={"url_query": {"q": "5"}})
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(data)
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        assert {"manifest.json", "figures/overlay-a.html", "figures/top5.html", "figures/plotly.min.js",
+                "tables/top5.csv", "tables/top5.json", "maps/maps.npz"} <= names
+        assert json.loads(archive.read("tables/top5.json"))[0]["class_name"] == "3"
+        maps = np.load(io.BytesIO(archive.read("maps/maps.npz")))
+        assert maps["A-vanilla/effective"].shape == views[0].effective.shape
+        assert maps["B-refined/refined"].any() and not maps["A-vanilla/refined"].any()
+    manifest = read_manifest(path)
+    assert [m["label"] for m in manifest["models"]] == ["vanilla", "refined"]
+    assert all(len(m["weights_sha256"]) == 64 and len(m["state_sha256"]) == 64 for m in manifest["models"])
+    assert manifest["images"][0]["sha256"] == hashlib.sha256(upload).hexdigest()
+    assert manifest["preprocessing"]["A-vanilla"]["in_chans"] == 1
+    assert manifest["settings"]["query_a"] == 5 and "torch" in manifest["versions"]
+    assert set(manifest["files"]) == names
+
+
+def test_bundle_rejects_unknown_formats(app_env: Path) -> None:
+    models = [load_source("vanilla")]
+    item = upload_item(_png())
+    with pytest.raises(ValueError, match="formats"):
+        build_bundle(ViewContents(), models, [run_model(models[0], item.image)], item, formats=("gif",))
+
+
+def test_maps_arrays_keys_are_per_model() -> None:
+    class View:  # the fields maps_arrays reads
+        effective = softmax = np.zeros((1, 1, 2, 2), np.float32)
+        has_softmax = refined = np.zeros(1, bool)
+        probs = np.ones(3) / 3
+        input_tensor = np.zeros((1, 4, 4), np.float32)
+        picture = np.zeros((4, 4, 3), np.uint8)
+        num_prefix_tokens, grid, patch_size = 1, (1, 1), (4, 4)
+    arrays = maps_arrays(["A-x", "B-x"], [View(), View()])
+    assert list(arrays["A-x/geometry"]) == [1, 1, 1, 4, 4, 4, 4] and "B-x/effective" in arrays
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (40, 80, 120)).save(buffer, "PNG")
+    return buffer.getvalue()
