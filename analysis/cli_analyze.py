@@ -320,7 +320,14 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
             _write(out / "tables" / "images" / f"{item.name}.json", export.table_json(rows), files, out)
             _write(out / "maps" / f"{item.name}.npz", export.maps_npz_bytes(result), files, out)
 
-    if args.images is not None:
+    analysis = None
+    if getattr(args, "preloaded_items", None):
+        # Inputs carried by an app bundle (its maps.npz holds each model's exact input tensor).
+        items = args.preloaded_items
+        per_image(items)
+        image_records = [dict(i.record, name=i.name) for i in items]
+        source = {"bundle_inputs": [i.name for i in items]}
+    elif args.images is not None:
         boxes = json.loads(args.boxes.read_text(encoding="utf-8")) if args.boxes else {}
         items = list(iter_folder_images(args.images, models, boxes))
         if expected is not None:
@@ -419,8 +426,12 @@ def _write(path: Path, content, files: Dict[str, Path], root: Path) -> None:
 
 def _cli_record(args: argparse.Namespace) -> Dict[str, Any]:
     """The arguments that shape the outputs (paths as strings), for ``--manifest`` re-runs."""
-    skip = {"manifest", "out", "command", "no_progress"}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    skip = {"manifest", "out", "command", "no_progress", "preloaded_items"}
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
+    items = getattr(args, "preloaded_items", None)
+    if items:
+        record["bundle_source"] = items[0].record.get("from_bundle")  # re-made from an app bundle's inputs
+    return record
 
 
 # ----------------------------------------------------------------------------------------- manifest re-run
@@ -429,20 +440,80 @@ def _remake(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.manifest)
     recorded = dict((manifest.get("extra") or {}).get("cli") or {})
-    if not recorded.get("model"):
-        raise ValueError(f"{args.manifest} records no command line to re-run")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     remade = parser.parse_args([])
-    for key, value in recorded.items():
-        if hasattr(remade, key):
-            setattr(remade, key, Path(value) if key in ("images", "data_root", "boxes") and value else value)
+    if recorded.get("model"):
+        for key, value in recorded.items():
+            if hasattr(remade, key):
+                setattr(remade, key, Path(value) if key in ("images", "data_root", "boxes") and value else value)
+        if recorded.get("bundle_source"):
+            source = Path(recorded["bundle_source"])
+            remade.preloaded_items = _bundle_items(source, read_manifest(source))
+    else:
+        # A bundle written by the app: no command line, but its maps.npz carries every model's input.
+        remade.preloaded_items = _bundle_items(Path(args.manifest), manifest)
+        # Metric settings the app recorded (its other view settings, such as the selected head, are not
+        # metric settings); a value the metrics do not accept keeps the default.
+        for key, value in (manifest.get("settings") or {}).items():
+            if key in MetricSettings().to_dict():
+                previous = getattr(remade, key)
+                setattr(remade, key, value)
+                try:
+                    settings_from_args(remade)
+                except (ValueError, TypeError):
+                    setattr(remade, key, previous)
+    # Output-only options given on this command line win (they change file types, not numbers or figures).
+    defaults = parser.parse_args([])
+    for key in ("formats", "scale", "no_bundle"):
+        if getattr(args, key, None) is not None and getattr(args, key) != getattr(defaults, key):
+            setattr(remade, key, getattr(args, key))
     # Models are re-loaded from the recorded source with the label they had.
-    remade.model = [f"{m['label']}={m['source']}" for m in manifest["models"]]
+    remade.model = [f"{m['label']}={_model_spec(m)}" for m in manifest["models"]]
     remade.manifest = None
     remade.no_progress = args.no_progress
     remade.out = args.out or Path(args.manifest).resolve().parent / "remade"
     return _analyze(remade, expected=manifest)
+
+
+def _model_spec(record: Dict[str, Any]) -> str:
+    """A ``--model`` spec from a manifest's model record (CLI records, or the app's "timm:"/"dir:" sources)."""
+    source = str(record["source"])
+    if source.startswith("timm:"):
+        return source[len("timm:"):]
+    if source.startswith("dir:"):
+        return str(Path(source[len("dir:"):]).expanduser())
+    if record.get("kind") == "checkpoint" and not Path(source).exists():
+        # The app names shipped checkpoints by folder name under checkpoints/.
+        for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+            if (root / "checkpoints" / source).exists():
+                return str(root / "checkpoints" / source)
+    return source
+
+
+def _bundle_items(path: Path, manifest: Dict[str, Any]) -> List[ImageItem]:
+    """The analysed input of an app bundle: per model ``<label>/input`` (C, H, W) from ``maps/maps.npz``."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} records no command line; re-making an app analysis needs its bundle.zip")
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith(".npz")]
+        if not names:
+            raise ValueError(f"{path} has neither a command line nor raw maps to re-make the analysis from")
+        arrays = np.load(io.BytesIO(archive.read(names[0])))
+        labels = [m["label"] for m in manifest["models"]]
+        missing = [label for label in labels if f"{label}/input" not in arrays.files]
+        if missing:
+            raise ValueError(f"{path}: {names[0]} has no input tensor for {missing}")
+        inputs = {label: torch.from_numpy(np.asarray(arrays[f"{label}/input"], dtype=np.float32)) for label in labels}
+        picture_key = f"{labels[0]}/picture"
+        picture = np.asarray(arrays[picture_key]) if picture_key in arrays.files else inputs[labels[0]].numpy()
+    image = (manifest.get("images") or [{}])[0]
+    box = tuple(float(v) for v in image["box"]) if image.get("box") else None
+    return [ImageItem(name=str(image.get("key") or "image"), inputs=inputs, picture=picture, box=box, label=None,
+                      record={"sha256": image.get("sha256"), "from_bundle": str(path)})]
 
 
 def _verify_models(models: List[LoadedModel], manifest: Dict[str, Any]) -> None:

@@ -365,14 +365,18 @@ def write_bundle(path: PathLike, files: Mapping[str, Union[bytes, str, Path]], m
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = dict(manifest, files=sorted(set(files) | {MANIFEST_NAME}))
     temporary = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST_NAME, json.dumps(manifest, indent=2, default=_json_default) + "\n")
-        for name, content in files.items():
-            if isinstance(content, Path):
-                archive.write(content, name)
-            else:
-                archive.writestr(name, content)
-    os.replace(temporary, path)
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST_NAME, json.dumps(manifest, indent=2, default=_json_default) + "\n")
+            for name, content in files.items():
+                if isinstance(content, Path):
+                    archive.write(content, name)
+                else:
+                    archive.writestr(name, content)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()  # a failed write leaves nothing behind
     return path
 
 

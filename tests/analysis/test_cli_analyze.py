@@ -1,6 +1,7 @@
 """``refiner analyze``: folder and dataset runs write figures, tables, maps and a bundle; --manifest re-makes."""
 
 import argparse
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_clear_errors(tmp_path, capsys) -> None:
     (tmp_path / "m.json").write_text("{}")
     assert run_cli(["--manifest", tmp_path / "m.json"]) == 2
     assert "not a format-1 analysis manifest" in capsys.readouterr().err
+
+
+def test_manifest_of_an_app_bundle_is_remade_from_its_inputs(tmp_path) -> None:
+    from analysis import export
+
+    # What the app writes: a manifest without a command line and maps.npz with each model's input tensor.
+    model = cli_analyze.load_model("vanilla=vit_micro_patch4_32", seed=0)
+    image = torch.rand(3, 32, 32)
+    arrays = io.BytesIO()
+    np.savez(arrays, **{"vanilla/input": image.numpy(), "vanilla/picture": np.zeros((32, 32, 3), np.uint8)})
+    manifest = export.build_manifest(
+        [{"label": "vanilla", "source": "timm:vit_micro_patch4_32", "kind": "name",
+          "state_sha256": model.record["state_sha256"]}],
+        [{"key": "sample", "sha256": "0" * 64, "box": [0, 0, 16, 16]}], {},
+        {"normalize": "clip_rownorm", "map_kind": "difference", "layer": 2}, extra={"made_by": "refiner app"})
+    export.write_bundle(tmp_path / "app.zip", {"maps/maps.npz": arrays.getvalue()}, manifest)
+    out = tmp_path / "remade"
+    assert run_cli(["--manifest", tmp_path / "app.zip", "--out", out, "--formats", "html", "--no-progress"]) == 0
+    remade = json.loads((out / "manifest.json").read_text())
+    assert remade["settings"]["normalize"] == "clip_rownorm"  # a metric setting the app recorded
+    assert remade["settings"]["map_kind"] == "effective"  # the app's "difference" view is not a metric setting
+    assert (out / "figures" / "images" / "sample" / "localisation.html").exists()
+    assert not list(out.glob("figures/**/*.png"))  # --formats given with --manifest wins
