@@ -3,6 +3,7 @@
     refiner analyze --model checkpoints/vanilla --model checkpoints/refined --dataset cluttered-mnist --out out/
     refiner analyze --model vit_small_patch16_224 --model refined_vit_small_patch16_224 --images photos/ --out out/
     refiner analyze --manifest out/bundle.zip [--out out2/]        # the same figures again
+    torchrun --nproc_per_node 4 -m refiner_cli analyze ... --dataset NAME ...   # images sharded, stats reduced
 
 ``--model`` takes a checkpoint directory (`refiner.load_checkpoint`) or a model name (`refiner.create_model`),
 optionally as ``LABEL=SPEC``. Outputs under ``--out``:
@@ -340,13 +341,19 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
         analysis = _dataset_over_items(modules, batches, settings, len(items), progress)
         source = {"images": str(args.images.resolve()), "count": len(items)}
     else:
+        from refiner.training.distributed import init_distributed, shutdown
+
+        # Under torchrun every process analyses every world_size-th image; the statistics are all-reduced
+        # in analyze_dataset and rank 0 alone writes the outputs.
+        context = init_distributed()
         dataset, info, options = build_eval_dataset(args.dataset, args.split, args.data_root, models)
         count = min(len(dataset), args.max_images)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)),
+        shard = list(range(context.rank, count, context.world_size))
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard),
                                              batch_size=args.batch_size, shuffle=False)
         preprocess = {m.label: _normaliser(m.data) for m in models}
         firsts: List[ImageItem] = []
-        for index in range(min(args.per_image, count)):
+        for index in range(min(args.per_image, count) if context.is_main else 0):
             sample = dataset[index]
             image = sample[0]
             box = tuple(float(v) for v in sample[2]) if info.has_boxes and len(sample) > 2 else None
@@ -355,8 +362,11 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
                                     picture=image.numpy(), box=box, label=int(sample[1]),
                                     record={"dataset": info.name, "split": args.split, "index": index}))
         per_image(firsts)
-        analysis = analyze_dataset(modules, loader, settings, preprocess=preprocess, max_images=count,
-                                   progress=progress, total=count)
+        analysis = analyze_dataset(modules, loader, settings, preprocess=preprocess, progress=progress and
+                                   context.is_main, total=len(shard))
+        if not context.is_main:
+            shutdown(context)
+            return 0
         class_names = class_names or list(info.class_names)
         source = {"dataset": info.name, "split": args.split, "count": count, "options": options}
         image_records = [i.record for i in firsts]
