@@ -8,12 +8,14 @@ only when its button is clicked; drawing the page never pays for static image re
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import export
@@ -39,6 +41,14 @@ class ViewContents:
     figures: Dict[str, go.Figure] = field(default_factory=dict)
     tables: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
     settings: Dict[str, Any] = field(default_factory=dict)
+
+
+def table_rows(table: pd.DataFrame) -> List[Dict[str, Any]]:
+    """A table as rows of plain values, as `analysis.export.table_csv` / ``table_json`` take them.
+
+    Through JSON so numpy scalars become numbers and NaN becomes None (``table_json`` refuses NaN).
+    """
+    return json.loads(table.to_json(orient="records"))
 
 
 def model_record(slot: str, model: LoadedModel) -> Dict[str, Any]:

@@ -8,8 +8,7 @@ callable), so drawing a page never pays for static image rendering, and clicking
 from __future__ import annotations
 
 import functools
-import json
-from typing import Any, Callable, List, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ import streamlit as st
 
 from analysis import export
 
-from .bundle import BUNDLE_FORMATS, DEFAULT_BUNDLE_FORMATS, npz_bytes
+from .bundle import BUNDLE_FORMATS, DEFAULT_BUNDLE_FORMATS, npz_bytes, table_rows
 
 FIGURE_MIMES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html"}
 
@@ -61,17 +60,12 @@ def figure_exports(fig: go.Figure, name: str, key: str) -> None:
                 disabled=fmt in export.STATIC_FORMATS and not static)
 
 
-def _rows(table: pd.DataFrame) -> List[Mapping[str, Any]]:
-    # Through JSON so numpy scalars and NaN become plain numbers and None, as `analysis.export` writes them.
-    return json.loads(table.to_json(orient="records"))
-
-
 def table_exports(table: pd.DataFrame, name: str, key: str) -> None:
     """CSV and JSON download buttons for a table (`analysis.export.table_csv` / ``table_json``)."""
     left, right = st.columns(2)
-    left.download_button("CSV", data=lambda: export.table_csv(_rows(table)).encode("utf-8"),
+    left.download_button("CSV", data=lambda: export.table_csv(table_rows(table)).encode("utf-8"),
                          file_name=f"{name}.csv", mime="text/csv", key=f"{key}-csv", on_click="ignore")
-    right.download_button("JSON", data=lambda: export.table_json(_rows(table)).encode("utf-8"),
+    right.download_button("JSON", data=lambda: export.table_json(table_rows(table)).encode("utf-8"),
                           file_name=f"{name}.json", mime="application/json", key=f"{key}-json", on_click="ignore")
 
 

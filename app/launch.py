@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import List
 
 MAIN = Path(__file__).resolve().parent / "main.py"
+SERVE = Path(__file__).resolve().parent / "serve.py"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def streamlit_command(args: argparse.Namespace) -> List[str]:
-    """The ``streamlit run`` command line for these options."""
-    return [sys.executable, "-m", "streamlit", "run", str(MAIN),
+    """The server command line for these options: `app.serve` warms the caches, then runs
+    ``streamlit run app/main.py`` with these Streamlit options."""
+    return [sys.executable, str(SERVE), "run",
             "--server.port", str(args.port), "--server.address", args.address,
             "--server.headless", "false" if args.browser else "true",
             "--browser.gatherUsageStats", "false",
@@ -42,7 +45,19 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoints:
         env["REFINER_APP_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())
     print(f"Serving the app on http://{args.address}:{args.port}", flush=True)
+    process = subprocess.Popen(streamlit_command(args), env=env)
+    # Stopping `refiner app` must stop the server too: pass SIGTERM on (a supervisor, a test harness), or the
+    # Streamlit child would be orphaned and keep serving the port.
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: process.terminate())
     try:
-        return subprocess.call(streamlit_command(args), env=env)
-    except KeyboardInterrupt:
+        return process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole foreground group; wait for Streamlit's own shutdown
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            process.terminate()

@@ -1,18 +1,28 @@
-"""Analysis: the section 5 metrics of both models on the current image (DESIGN section 6)."""
+"""Analysis: the section 5 metrics of both models on the current image (DESIGN section 6).
+
+Metrics are computed from the cached captures of `app.cached.get_view` (no model runs again) and drawn by
+`analysis.figures`, the same builders ``refiner analyze`` uses, so the app and the CLI show the same plots.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import streamlit as st
 
+from analysis import figures
 from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metrics
 
-from ..exports import figure_exports, maps_export, table_exports
-from ..metric_views import curve_keys, depth_curves, images, matrices, per_layer_table, scalar_table
-from ..sidebar import Context
 from .. import cached
+from ..bundle import ViewContents, build_bundle, table_rows
+from ..exports import bundle_export, figure_exports, maps_export, table_exports
+from ..metric_views import curve_keys, head_mean, per_layer_table, scalar_table
+from ..sidebar import Context
+
+# Drawn elsewhere on the page (similarity_vs_depth) or as a per-head scatter rather than a layer curve.
+SEPARATE = ("adjacent_similarity", "distance_px", "distance_patches", "cls_in_box")
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing metrics...")
@@ -35,6 +45,13 @@ def _settings() -> MetricSettings:
     return MetricSettings(normalize=normalize, tau=tau, head_fusion=fusion, map_kind=kind)
 
 
+def _show(fig, name: str, contents: ViewContents) -> None:
+    """Draw one figure with its export buttons and keep it for the bundle."""
+    st.plotly_chart(fig, key=f"an-{name}")
+    figure_exports(fig, name, key=f"exp-an-{name}")
+    contents.figures[name] = fig
+
+
 def render(ctx: Context) -> None:
     """Draw the Analysis page."""
     st.title("Analysis of the current image")
@@ -43,40 +60,57 @@ def render(ctx: Context) -> None:
         return
     settings = _settings()
     canvas = int(ctx.models[0].data["img_size"][0])
+    views = ctx.views()
     results: Dict[str, Dict[str, np.ndarray]] = {}
     for slot, model in enumerate(ctx.models):
         label = f"{'AB'[slot]}: {model.label}"
         results[label] = _metrics(model.source, ctx.selection.img, ctx.upload, canvas, settings, ctx.item.box)
     available = list(next(iter(results.values())))
+    bundle_slot = st.container()  # filled last, once every figure exists
+    contents = ViewContents(settings={"page": "analysis", **settings.to_dict()})
 
     st.header("Cross-layer similarity")
-    fig = matrices("similarity", {k: v["similarity"] for k, v in results.items()})
-    st.plotly_chart(fig, key="an-similarity")
-    figure_exports(fig, "similarity", key="exp-an-similarity")
+    _show(figures.similarity_heatmaps({k: v["similarity"] for k, v in results.items()}), "similarity", contents)
+    _show(figures.similarity_vs_depth({k: v["similarity"] for k, v in results.items()}), "similarity-vs-depth",
+          contents)
 
     st.header("Per-layer metrics")
-    for index, key in enumerate(curve_keys(available)):
+    keys = [k for k in curve_keys(available) if k not in SEPARATE]
+    for index, key in enumerate(keys):
         if index % 2 == 0:
             columns = st.columns(2)
         with columns[index % 2]:
-            fig = depth_curves(key, {k: v[key] for k, v in results.items()})
-            st.plotly_chart(fig, key=f"an-{key}")
-            figure_exports(fig, key, key=f"exp-an-{key}")
+            label = METRICS[key].label
+            _show(figures.layer_curves({k: head_mean(v[key]) for k, v in results.items()}, label, label), key,
+                  contents)
+    _show(figures.mean_distance_figure({k: v["distance_px"] for k, v in results.items()}), "mean-distance",
+          contents)
+    if ctx.item.box is not None and all("cls_in_box" in v for v in results.values()):
+        _show(figures.localisation_figure(
+            {k: v["cls_in_box"] for k, v in results.items()}, float(next(iter(results.values()))["box_chance"]),
+            rollout_in_box={k: float(v["rollout_in_box"]) for k, v in results.items()}), "localisation", contents)
 
     st.header("Attention rollout of the CLS token")
-    fig = images("rollout_cls", {k: v["rollout_cls"] for k, v in results.items()})
-    st.plotly_chart(fig, key="an-rollout")
-    figure_exports(fig, "rollout-cls", key="exp-an-rollout")
+    # Each model's rollout over the picture that model saw (same picture when preprocessing agrees).
+    panels = {f"{k}: rollout": v["rollout_cls"] for k, v in results.items()}
+    _show(figures.overlay_figure(views[0].picture, panels, "Attention rollout of the CLS query", box=ctx.item.box),
+          "rollout-cls", contents)
 
     st.header("Tables")
     table = per_layer_table(results, curve_keys(available))
     st.dataframe(table, hide_index=True)
     table_exports(table, "per-layer-metrics", key="an-table")
+    contents.tables["per-layer-metrics"] = table_rows(table)
     if ctx.item.box is not None:
         scalars = scalar_table(results)
         st.dataframe(scalars, hide_index=True)
         table_exports(scalars, "localisation", key="an-scalars")
+        contents.tables["localisation"] = table_rows(scalars)
     for slot, (label, metrics) in enumerate(results.items()):
         maps_export(metrics, f"metrics-{'ab'[slot]}", key=f"an-raw-{slot}", label=f"{label}: all metrics (NPZ)")
     st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()) +
                f". Metric definitions: {len(METRICS)} keys, DESIGN section 5.")
+    with bundle_slot:
+        bundle_export(functools.partial(build_bundle, contents, ctx.models, views, ctx.item,
+                                        extra={"url_query": ctx.selection.to_url()}),
+                      f"refiner-analysis-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="an-bundle")

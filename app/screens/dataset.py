@@ -7,31 +7,36 @@ models run.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis import figures
 from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metrics
-from analysis.similarity import resample_to_relative_depth, relative_depth
+from analysis.dataset import align_curves, bootstrap_interval, paired_comparison
+from analysis.similarity import relative_depth
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from .. import cached
 from ..exports import figure_exports, table_exports
 from ..images import sample_item, upload_item
 from ..maps import run_model
-from ..metric_views import curve_keys, depth_curves
+from ..metric_views import curve_keys, head_mean
 from ..sidebar import Context
 
-BOOTSTRAP = 1000
+BOOTSTRAP = 1000      # bootstrap resamples for the intervals
+PERMUTATIONS = 2000   # sign flips for the paired test
+# Per-layer curves that the dataset page draws (similarity with the next layer has L - 1 values, so it is not
+# on the same relative depths; the full similarity matrix is on the Analysis page).
+SKIP = ("adjacent_similarity",)
 PerLayer = Dict[str, np.ndarray]  # metric key -> (images, L) head-averaged values
 
 
 def _summaries(metrics: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """(L,) head-averaged per-layer values of every curve metric."""
-    return {k: np.nanmean(np.asarray(metrics[k], dtype=float).reshape(metrics[k].shape[0], -1), axis=1)
-            for k in curve_keys(list(metrics))}
+    return {k: head_mean(metrics[k]) for k in curve_keys(list(metrics)) if k not in SKIP}
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -63,14 +68,6 @@ def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[b
         if _progress is not None:
             _progress((index + 1) / len(items), f"{index + 1}/{len(items)} images")
     return [{k: np.stack(v) for k, v in c.items()} for c in collected], skipped
-
-
-def _interval(values: np.ndarray, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over images and its 95% percentile-bootstrap interval, per layer: three (L,) arrays."""
-    rng = np.random.default_rng(seed)
-    count = values.shape[0]
-    means = np.stack([np.nanmean(values[rng.integers(0, count, count)], axis=0) for _ in range(BOOTSTRAP)])
-    return np.nanmean(values, axis=0), np.nanpercentile(means, 2.5, axis=0), np.nanpercentile(means, 97.5, axis=0)
 
 
 def _image_set(canvas: int) -> Tuple[Tuple[str, ...], Tuple[bytes, ...]]:
@@ -111,30 +108,29 @@ def render(ctx: Context) -> None:
         return
     labels = [f"{'AB'[slot]}: {m.label}" for slot, m in enumerate(ctx.models)]
     count = next(iter(results[0].values())).shape[0]
-    st.caption(f"{count} images; mean per layer with a 95% bootstrap interval ({BOOTSTRAP} resamples).")
+    st.caption(f"{count} images; mean per layer with a 95% bootstrap interval ({BOOTSTRAP} resamples); paired "
+               f"differences B - A with a sign-flip permutation test ({PERMUTATIONS} flips).")
     rows = []
     for index, key in enumerate(curve_keys(list(results[0]))):
-        stats = {label: _interval(r[key]) for label, r in zip(labels, results)}
+        label = METRICS[key].label
+        stats = {name: bootstrap_interval(r[key], n_boot=BOOTSTRAP) for name, r in zip(labels, results)}
         if index % 2 == 0:
             columns = st.columns(2)
         with columns[index % 2]:
-            fig = depth_curves(key, {label: s[0] for label, s in stats.items()},
-                               intervals={label: (s[1], s[2]) for label, s in stats.items()})
+            fig = figures.layer_curves({name: s.mean for name, s in stats.items()}, label, label, intervals=stats)
             st.plotly_chart(fig, key=f"ds-{key}")
             figure_exports(fig, f"dataset-{key}", key=f"exp-ds-{key}")
-        # Paired difference A - B per image, on A's layers (B resampled to A's relative depths).
-        a, b = results[0][key], results[1][key]
-        b_on_a = resample_to_relative_depth(b.T, relative_depth(a.shape[1])).T if a.shape[1] != b.shape[1] else b
-        diff_mean, diff_low, diff_high = _interval(a - b_on_a)
+        # Paired per image on common relative depths (the shallower model's layers when depths differ).
+        a, b = align_curves(results[0][key], results[1][key])
+        comparison = paired_comparison(a, b, n_boot=BOOTSTRAP, n_permutations=PERMUTATIONS)
+        diff, depth = comparison.difference, relative_depth(a.shape[1])
         for layer in range(a.shape[1]):
-            rows.append({"metric": key, "label": METRICS[key].label, "layer": layer + 1,
-                         "mean_a": float(stats[labels[0]][0][layer]),
-                         "mean_b": float(np.interp((layer + 1) / a.shape[1], relative_depth(b.shape[1]),
-                                                   stats[labels[1]][0])),
-                         "diff_a_minus_b": float(diff_mean[layer]), "diff_low": float(diff_low[layer]),
-                         "diff_high": float(diff_high[layer]),
-                         "interval_excludes_0": bool(diff_low[layer] > 0 or diff_high[layer] < 0)})
-    st.header("Paired differences (A - B on the same images)")
+            rows.append({"metric": key, "label": label, "layer": layer + 1, "relative_depth": float(depth[layer]),
+                         "mean_a": float(np.nanmean(a[:, layer])), "mean_b": float(np.nanmean(b[:, layer])),
+                         "diff_b_minus_a": float(diff.mean[layer]), "diff_low": float(diff.low[layer]),
+                         "diff_high": float(diff.high[layer]), "p_value": float(comparison.p_value[layer]),
+                         "interval_excludes_0": bool(diff.low[layer] > 0 or diff.high[layer] < 0)})
+    st.header("Paired differences (B - A on the same images)")
     table = pd.DataFrame(rows)
     st.dataframe(table, hide_index=True)
     table_exports(table, "dataset-paired-differences", key="ds-table")

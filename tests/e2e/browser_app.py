@@ -4,6 +4,7 @@ latency benchmark)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def free_port() -> int:
+    """A port that is free now on localhost (the OS picks it, so parallel test workers never collide)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -30,8 +32,9 @@ def running_app(checkpoints: Path, timeout: float = 120.0) -> Iterator[Tuple[str
     """Yield (url, time at which the server answered its health check); stop the server afterwards."""
     port = free_port()
     env = dict(os.environ, REFINER_APP_CHECKPOINTS=str(checkpoints))
+    # Own process group: the server (refiner app and its Streamlit child) is stopped as a whole afterwards.
     process = subprocess.Popen([sys.executable, "-m", "refiner_cli", "app", "--port", str(port)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://localhost:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -49,8 +52,26 @@ def running_app(checkpoints: Path, timeout: float = 120.0) -> Iterator[Tuple[str
             time.sleep(0.2)
         yield url, time.monotonic()
     finally:
-        process.terminate()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL what is still there after 20 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        process.poll()  # reap the leader, or the group never empties
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()

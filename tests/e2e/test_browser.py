@@ -108,7 +108,10 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         page.screenshot(path=str(shots / "corrupt-upload.png"), full_page=True)
 
         # The Analysis page draws its figures.
-        page.goto(url + "/analysis", timeout=90_000)
+        # The Analysis page, through the navigation so the session (upload, selection) carries over.
+        page.get_by_role("link", name="Analysis").click()
+        page.get_by_text("Analysis of the current image").wait_for(timeout=90_000)
         wait_for_charts(page, 3)
+        assert url_params(page)["img"] == current
         page.screenshot(path=str(shots / "analysis.png"), full_page=True)
         browser.close()

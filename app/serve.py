@@ -1,0 +1,73 @@
+"""The app server's process entry: warm the caches, then hand over to ``streamlit run app/main.py``.
+
+Streamlit imports the page script only when the first browser session connects, so without this the first
+visitor pays for importing torch/timm/plotly, loading both models and the first forward passes. Here that
+work happens before the server listens: once its health check answers, the default view is ready (DESIGN
+section 6, issue 5: first page within 3 s of the server being ready). The caches are process-wide
+(`st.cache_resource` / `st.cache_data`, keyed by function), so the script runs reuse what is loaded here.
+
+    python app/serve.py run <streamlit options>       (what `refiner app` starts; see app/launch.py)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:  # run as a file: make `app`, `refiner` and `analysis` importable as packages
+    sys.path.insert(0, _ROOT)
+
+
+def warm_up() -> List[str]:
+    """Load the default pair and its default view into the app's caches; returns what was warmed.
+
+    Failures are not fatal: a missing or broken checkpoint is reported by the page itself, in words, so the
+    server starts either way.
+    """
+    # Streamlit caches warn when called outside a session ("No runtime found"); expected here.
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    from app import cached
+    from app.images import sample_keys
+    from app.sources import DEFAULT_PAIR, SourceError, shipped_sources
+
+    shipped = shipped_sources()
+    pair = DEFAULT_PAIR if set(DEFAULT_PAIR) <= set(shipped) else tuple(shipped[:1] + shipped[-1:])
+    warmed: List[str] = []
+    canvas: Optional[int] = None
+    for source in dict.fromkeys(pair):
+        try:
+            model = cached.get_model(source)
+        except SourceError:
+            continue
+        # The sidebar draws every slot on model A's canvas size; do the same so the cache keys match.
+        canvas = canvas or int(model.data["img_size"][0])
+        try:
+            cached.get_view(source, sample_keys()[0], None, canvas)
+        except Exception:  # noqa: BLE001 - the page shows any such error with its message; the server must start
+            continue
+        warmed.append(source)
+    import plotly.graph_objects  # noqa: F401  (first figure build imports the big plotly modules)
+    logging.getLogger("streamlit").setLevel(logging.WARNING)
+    return warmed
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Warm up, then run Streamlit's CLI with ``argv`` (``run <options>``; the script is app/main.py)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    start = time.monotonic()
+    warmed = warm_up()
+    print(f"refiner app: warmed {', '.join(warmed) or 'nothing'} in {time.monotonic() - start:.1f} s", flush=True)
+    from streamlit.web import cli
+
+    if argv[:1] == ["run"]:
+        argv = ["run", str(Path(__file__).resolve().parent / "main.py"), *argv[1:]]
+    sys.argv = ["streamlit", *argv]
+    return int(cli.main(standalone_mode=False) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
