@@ -111,7 +111,11 @@ def render(ctx: Context) -> None:
                 {"slot": "AB"[slot], "model": model.label, "rank": rank, "class_name": name, "probability": prob}
                 for rank, (name, prob) in enumerate(predictions, start=1))
 
-    tabs = st.tabs(["All heads", "N x N matrix", "Softmax vs effective", "Difference A - B", "Raw maps"])
+    # Lazy tabs: only the open tab's charts are sent to the browser (each chart costs serialisation and a
+    # plotly render there); every tab's figure is still built, for the bundle.
+    tabs = st.tabs(["All heads", "N x N matrix", "Softmax vs effective", "Difference A - B", "Raw maps"],
+                   key="compare-tab", on_change="rerun")
+    shown = [tab.open is not False for tab in tabs]  # None (no key/tracking): draw everything
     with tabs[0]:
         for slot, (model, view, layer, query) in enumerate(zip(ctx.models, views, layers, queries)):
             use_kind = kind if view.has_softmax[layer] else "effective"
@@ -119,8 +123,9 @@ def render(ctx: Context) -> None:
             fig = heads_grid(maps, [f"head {h}" for h in range(maps.shape[0])],
                              f"{'AB'[slot]}: {model.label}, layer {layer + 1}, every head",
                              diverging=bool(maps.min() < 0))
-            st.plotly_chart(fig, key=f"heads-{slot}")
-            figure_exports(fig, f"heads-{'ab'[slot]}-layer{layer + 1}", key=f"exp-heads-{slot}")
+            if shown[0]:
+                st.plotly_chart(fig, key=f"heads-{slot}")
+                figure_exports(fig, f"heads-{'ab'[slot]}-layer{layer + 1}", key=f"exp-heads-{slot}")
             contents.figures[f"heads-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[1]:
         for slot, column in enumerate(st.columns(2)):
@@ -130,18 +135,20 @@ def render(ctx: Context) -> None:
             labels = [token_label(t, view.num_prefix_tokens, view.grid) for t in range(matrix.shape[0])]
             fig = token_matrix(matrix, labels, f"{'AB'[slot]}: layer {layer + 1}, {head_text}, {use_kind}",
                                diverging=bool(matrix.min() < 0))
-            with column:
-                st.plotly_chart(fig, key=f"matrix-{slot}")
-                figure_exports(fig, f"matrix-{'ab'[slot]}-layer{layer + 1}", key=f"exp-matrix-{slot}")
+            if shown[1]:
+                with column:
+                    st.plotly_chart(fig, key=f"matrix-{slot}")
+                    figure_exports(fig, f"matrix-{'ab'[slot]}-layer{layer + 1}", key=f"exp-matrix-{slot}")
             contents.figures[f"matrix-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[2]:
-        shown = False
+        any_refined = False
         for slot, (model, view, layer, query) in enumerate(zip(ctx.models, views, layers, queries)):
             if not view.refined[layer]:
                 continue
-            shown = True
-            st.markdown(f"**{'AB'[slot]}: {model.label}**, layer {layer + 1}: the softmax map, the effective map "
-                        "after refinement, and what refinement added (effective - softmax).")
+            any_refined = True
+            if shown[2]:
+                st.markdown(f"**{'AB'[slot]}: {model.label}**, layer {layer + 1}: the softmax map, the effective "
+                            "map after refinement, and what refinement added (effective - softmax).")
             soft = query_grid(head_matrix(view, layer, ctx.head, "softmax"), query, view.num_prefix_tokens,
                               view.grid)
             eff = query_grid(head_matrix(view, layer, ctx.head, "effective"), query, view.num_prefix_tokens,
@@ -149,10 +156,12 @@ def render(ctx: Context) -> None:
             stack = np.stack([soft, eff, eff - soft])
             fig = heads_grid(stack, ["softmax", "effective", "effective - softmax"],
                              f"{model.label}, layer {layer + 1}", diverging=True, columns=3)
-            st.plotly_chart(fig, key=f"softeff-{slot}")
-            figure_exports(fig, f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}", key=f"exp-softeff-{slot}")
+            if shown[2]:
+                st.plotly_chart(fig, key=f"softeff-{slot}")
+                figure_exports(fig, f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}",
+                               key=f"exp-softeff-{slot}")
             contents.figures[f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}"] = fig
-        if not shown:
+        if not any_refined and shown[2]:
             st.info("Neither model refines this layer, so its softmax and effective maps are the same.")
     with tabs[3]:
         if grids[0].shape != grids[1].shape:
@@ -163,14 +172,17 @@ def render(ctx: Context) -> None:
             fig = attention_overlay(views[0].picture, difference, views[0].patch_size, opacity,
                                     f"A - B, layer {layers[0] + 1} vs {layers[1] + 1}, {head_text}",
                                     query_patch=_query_patch(queries[0], views[0]), diverging=True)
-            st.plotly_chart(fig, key="difference", config={"displayModeBar": False})
-            figure_exports(fig, "difference-a-b", key="exp-difference")
+            if shown[3]:
+                st.plotly_chart(fig, key="difference", config={"displayModeBar": False})
+                figure_exports(fig, "difference-a-b", key="exp-difference")
             contents.figures["difference-a-b"] = fig
     with bundle_slot:
         bundle_export(functools.partial(build_bundle, contents, ctx.models, views, ctx.item,
                                         extra={"url_query": ctx.selection.to_url()}),
                       f"refiner-view-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="bundle")
     with tabs[4]:
+        if not shown[4]:
+            return
         st.write("Every block's softmax and effective maps of both models on this image, (L, H, N, N) each.")
         for slot, (model, view) in enumerate(zip(ctx.models, views)):
             maps_export({"softmax": view.softmax, "effective": view.effective, "has_softmax": view.has_softmax,
