@@ -22,7 +22,7 @@ from analysis import export
 
 from .images import ImageItem
 from .maps import ModelView
-from .sources import LoadedModel
+from .sources import LoadedModel, source_path
 
 BUNDLE_FORMATS = ("png", "svg", "pdf", "html")
 DEFAULT_BUNDLE_FORMATS = ("png", "html")  # static SVG/PDF cost seconds per figure; each figure offers them alone
@@ -51,10 +51,27 @@ def table_rows(table: pd.DataFrame) -> List[Dict[str, Any]]:
     return json.loads(table.to_json(orient="records"))
 
 
-def model_record(slot: str, model: LoadedModel) -> Dict[str, Any]:
-    """What the manifest says about one model slot (the shape `refiner analyze` records, plus the slot)."""
-    path_kind = "name" if model.source.startswith("timm:") else "checkpoint"
-    return {"label": model.label, "slot": slot, "source": model.source, "kind": path_kind,
+def bundle_labels(models: Sequence[LoadedModel]) -> List[str]:
+    """Model labels for the manifest, the tables and the NPZ arrays: the models' own labels, or with the slot
+    letter in front ("A-x", "B-x") when both slots hold models of the same label, so that names stay unique
+    (``refiner analyze --manifest`` finds each model's ``<label>/input`` in the NPZ by these labels)."""
+    labels = [m.label for m in models]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{'AB'[i]}-{label}" for i, label in enumerate(labels)]
+
+
+def model_record(slot: str, model: LoadedModel, label: str) -> Dict[str, Any]:
+    """What the manifest says about one model slot (the fields `refiner analyze` records, plus the slot).
+
+    ``source`` is the checkpoint directory as an absolute path (or the ``timm:`` name), so that
+    ``refiner analyze --manifest`` loads the same weights wherever the app's checkpoint root was;
+    ``app_source`` is the app's own short name for it (as in the page URL).
+    """
+    path = source_path(model.source)
+    return {"label": label, "slot": slot, "app_source": model.source,
+            "source": str(path.resolve()) if path is not None else model.source,
+            "kind": "name" if path is None else "checkpoint",
             "architecture": model.architecture, "model_spec": model.config.get("model"),
             "weights_sha256": model.weights_sha256 or None,
             "state_sha256": export.state_dict_sha256(model.model), "num_params": model.num_params,
@@ -103,7 +120,8 @@ def build_bundle(contents: ViewContents, models: Sequence[LoadedModel], views: S
                  extra: Optional[Mapping[str, Any]] = None) -> bytes:
     """The ZIP bundle of one view, as bytes.
 
-    Layout: ``figures/<stem>.<fmt>`` (HTML files share ``figures/plotly.min.js``, offline), ``tables/<stem>.csv``
+    ``refiner analyze --manifest bundle.zip`` re-makes the analysis figures from it (each model's exact input
+    tensor is in the NPZ). Layout: ``figures/<stem>.<fmt>`` (HTML files share ``figures/plotly.min.js``, offline), ``tables/<stem>.csv``
     and ``.json``, ``maps/maps.npz`` (`maps_arrays`) and ``manifest.json`` (model names, weight and state
     hashes, image and input hashes, preprocessing, settings, library versions, file list).
 
@@ -126,8 +144,7 @@ def build_bundle(contents: ViewContents, models: Sequence[LoadedModel], views: S
     if unknown or not formats:
         raise ValueError(f"bundle figure formats must be some of {', '.join(BUNDLE_FORMATS)}, got {list(formats)}")
     slots = ("A", "B")
-    # Labels name the arrays and tables; the slot letter keeps them apart when both slots hold one model.
-    labels = [f"{slots[i]}-{m.label}" for i, m in enumerate(models)]
+    labels = bundle_labels(models)
     with tempfile.TemporaryDirectory(prefix="refiner-bundle-") as tmp:
         root = Path(tmp)
         files: Dict[str, Any] = {}
@@ -138,7 +155,8 @@ def build_bundle(contents: ViewContents, models: Sequence[LoadedModel], views: S
             files[f"tables/{stem}.json"] = export.table_json(rows)
         files["maps/maps.npz"] = npz_bytes(maps_arrays(labels, views))
         manifest = export.build_manifest(
-            [model_record(slot, m) for slot, m in zip(slots, models)], [image_record(item, views, labels)],
+            [model_record(slot, m, label) for slot, m, label in zip(slots, models, labels)],
+            [image_record(item, views, labels)],
             {label: {k: v for k, v in m.data.items() if k != "class_names"} for label, m in zip(labels, models)},
             contents.settings, files=list(files), extra={"made_by": "refiner app", **dict(extra or {})})
         bundle = export.write_bundle(root / "bundle.zip", files, manifest)

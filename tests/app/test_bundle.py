@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis.export import read_manifest
-from app.bundle import ViewContents, build_bundle, maps_arrays
+from app.bundle import ViewContents, build_bundle, bundle_labels, maps_arrays
 from app.images import upload_item
 from app.maps import run_model
 from app.sources import load_source
@@ -43,15 +43,44 @@ def test_bundle_of_a_view(app_env: Path, tmp_path: Path) -> None:
                 "tables/top5.csv", "tables/top5.json", "maps/maps.npz"} <= names
         assert json.loads(archive.read("tables/top5.json"))[0]["class_name"] == "3"
         maps = np.load(io.BytesIO(archive.read("maps/maps.npz")))
-        assert maps["A-vanilla/effective"].shape == views[0].effective.shape
-        assert maps["B-refined/refined"].any() and not maps["A-vanilla/refined"].any()
+        assert maps["vanilla/effective"].shape == views[0].effective.shape
+        assert maps["refined/refined"].any() and not maps["vanilla/refined"].any()
     manifest = read_manifest(path)
     assert [m["label"] for m in manifest["models"]] == ["vanilla", "refined"]
     assert all(len(m["weights_sha256"]) == 64 and len(m["state_sha256"]) == 64 for m in manifest["models"])
     assert manifest["images"][0]["sha256"] == hashlib.sha256(upload).hexdigest()
-    assert manifest["preprocessing"]["A-vanilla"]["in_chans"] == 1
+    assert manifest["preprocessing"]["vanilla"]["in_chans"] == 1
     assert manifest["settings"]["query_a"] == 5 and "torch" in manifest["versions"]
     assert set(manifest["files"]) == names
+    assert manifest["models"][0]["source"] == str((app_env / "vanilla").resolve())
+
+
+def test_refiner_analyze_remakes_an_app_bundle(app_env: Path, tmp_path: Path) -> None:
+    """The bundle is enough for ``refiner analyze --manifest`` (DESIGN section 6): same models, same input."""
+    import argparse
+
+    from analysis import cli_analyze
+
+    item = upload_item(_png())
+    models = [load_source("vanilla"), load_source("refined")]
+    views = [run_model(m, item.image) for m in models]
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(build_bundle(ViewContents(settings={"map_kind": "effective", "head": "mean"}), models, views,
+                                  item, formats=("html",)))
+    parser = argparse.ArgumentParser()
+    cli_analyze.add_arguments(parser)
+    out = tmp_path / "remade"
+    args = parser.parse_args(["--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"])
+    assert cli_analyze.run(args) == 0
+    remade = json.loads((out / "manifest.json").read_text())
+    assert [m["label"] for m in remade["models"]] == ["vanilla", "refined"]
+    assert any(p.suffix == ".html" for p in (out / "figures").rglob("*"))
+
+
+def test_labels_stay_unique_when_both_slots_hold_one_model(app_env: Path) -> None:
+    model = load_source("vanilla")
+    assert bundle_labels([model, load_source("refined")]) == ["vanilla", "refined"]
+    assert bundle_labels([model, model]) == ["A-vanilla", "B-vanilla"]
 
 
 def test_bundle_rejects_unknown_formats(app_env: Path) -> None:

@@ -19,7 +19,12 @@ from .browser_app import CHROMIUM, CHROMIUM_ARGS, running_app
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (scripts/test.sh "
                                                                        "installs it)")]
-SHOTS = Path(os.environ.get("REFINER_E2E_SCREENSHOTS", "")) if os.environ.get("REFINER_E2E_SCREENSHOTS") else None
+# Optional: where to keep the screenshots (default: the test's tmp dir), and a directory with a real
+# vanilla/refined pair to drive the app with (default: an untrained vit_mini pair, fast and deterministic).
+# Screenshots for docs/screenshots are taken with the shipped pair:
+#   REFINER_E2E_CHECKPOINTS=checkpoints REFINER_E2E_SCREENSHOTS=/tmp/shots pytest tests/e2e
+SHOTS = Path(os.environ["REFINER_E2E_SCREENSHOTS"]) if os.environ.get("REFINER_E2E_SCREENSHOTS") else None
+CHECKPOINTS = Path(os.environ["REFINER_E2E_CHECKPOINTS"]) if os.environ.get("REFINER_E2E_CHECKPOINTS") else None
 
 
 def url_params(page) -> dict:
@@ -35,7 +40,7 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
     playwright_api = pytest.importorskip("playwright.sync_api")
     from tests.app.conftest import make_pair
 
-    pair = make_pair(tmp_path / "checkpoints")
+    pair = CHECKPOINTS.resolve() if CHECKPOINTS else make_pair(tmp_path / "checkpoints")
     shots = SHOTS or tmp_path / "shots"
     shots.mkdir(parents=True, exist_ok=True)
     photo = tmp_path / "photo.png"
