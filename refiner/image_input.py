@@ -249,6 +249,37 @@ def input_channels(model: torch.nn.Module, default: int = 3) -> int:
     return from_cfg if from_cfg is not None else default
 
 
+DATA_KEYS = ("dataset", "img_size", "in_chans", "mean", "std", "class_names", "interpolation")
+
+
+def saved_data(config: Any) -> Dict[str, Any]:
+    """The preprocessing a checkpoint's ``config.json`` records, in the CONTRACT's ``extra["data"]`` shape.
+
+    Reads ``extra["data"]`` (CONTRACT) and also the trainer's flat layout: ``extra["preprocessing"]`` (img_size,
+    in_chans, mean, std) with ``extra["class_names"]`` and ``extra["dataset"]`` beside it. Without the latter a
+    trained checkpoint would silently lose its class names and normalisation. Where both are present,
+    ``extra["data"]`` wins.
+
+    Args:
+        config: the parsed config.json (anything else gives {}).
+
+    Returns:
+        A dict with some of `DATA_KEYS`.
+    """
+    extra = config.get("extra") if isinstance(config, Mapping) else None
+    if not isinstance(extra, Mapping):
+        return {}
+    flat: Dict[str, Any] = {}
+    preprocessing = extra.get("preprocessing")
+    if isinstance(preprocessing, Mapping):
+        flat.update({k: preprocessing[k] for k in DATA_KEYS if k in preprocessing})
+    flat.update({k: extra[k] for k in ("dataset", "class_names") if k in extra})
+    data = extra.get("data")
+    if isinstance(data, Mapping):
+        flat.update(data)
+    return flat
+
+
 def data_config_for(checkpoint_or_model: Any) -> Dict[str, Any]:
     """The preprocessing dict of a checkpoint or model (CONTRACT: "Checkpoint extra and preprocessing").
 
@@ -279,8 +310,7 @@ def data_config_for(checkpoint_or_model: Any) -> Dict[str, Any]:
         "class_names": None,
         "interpolation": str(resolved.get("interpolation", "bicubic")),
     }
-    saved = ((config.get("extra") or {}).get("data") or {}) if isinstance(config, Mapping) else {}
-    data.update({k: v for k, v in saved.items() if v is not None})
+    data.update({k: v for k, v in saved_data(config).items() if v is not None})
     data["img_size"] = list(_as_pair(data["img_size"]))
     try:
         from .model_geometry import model_patch_size
