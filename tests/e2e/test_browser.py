@@ -50,11 +50,19 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
 
     with running_app(pair) as (url, _), playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
         page.goto(url, timeout=90_000)
         wait_for_charts(page)
         assert url_params(page)["a"] == "vanilla"
         page.screenshot(path=str(shots / "compare.png"), full_page=True)
+        # The Analysis page of the default view (the docs screenshot), then back to Compare.
+        page.get_by_role("link", name="Analysis").click()
+        page.get_by_text("Analysis of the current image").wait_for(timeout=90_000)
+        wait_for_charts(page, 3)
+        page.screenshot(path=str(shots / "analysis.png"), full_page=True)
+        page.get_by_role("link", name="Compare").click()
+        page.get_by_text("Compare attention").wait_for(timeout=90_000)
+        wait_for_charts(page)
 
         # Upload an image: it becomes the current image.
         page.locator("input[type=file]").first.set_input_files(str(photo))
@@ -118,5 +126,5 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         page.get_by_text("Analysis of the current image").wait_for(timeout=90_000)
         wait_for_charts(page, 3)
         assert url_params(page)["img"] == current
-        page.screenshot(path=str(shots / "analysis.png"), full_page=True)
+        page.screenshot(path=str(shots / "analysis-upload.png"), full_page=True)
         browser.close()
