@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -101,7 +102,7 @@ def main() -> None:
         "pair_vit_small_patch16_224_b8": refined_over_vanilla("vit_small_patch16_224", 2 if args.quick else 8,
                                                               224, repeats),
         "env": {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-                "repeats": repeats},
+                "repeats": repeats, "load_average_at_start": os.getloadavg()[0]},
     }
     c = results["capture_vit_s16_b8"]
     print(f"capture overhead, ViT-S/16 batch 8: {c['capture_s']*1e3:.0f} ms vs {c['plain_s']*1e3:.0f} ms "
