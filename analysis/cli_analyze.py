@@ -19,7 +19,6 @@ optionally as ``LABEL=SPEC``. Outputs under ``--out``:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
+
+from refiner.checkpoint import sha256_of_file
 
 from .attention_metrics import MetricSettings
 from .normalization import NORMALIZE_MODES
@@ -97,14 +98,6 @@ class LoadedModel:
     model: nn.Module
     data: Dict[str, Any]
     record: Dict[str, Any]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_config(checkpoint_or_model: Any) -> Dict[str, Any]:
@@ -223,7 +216,7 @@ def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str,
         target = (int(reference["img_size"][1]), int(reference["img_size"][0]))
         box = _fit_box(boxes[path.name], image.size, target) if path.name in boxes else None
         yield ImageItem(name=path.stem, inputs=inputs, picture=picture, box=box, label=None,
-                        record={"path": str(path.resolve()), "sha256": _file_sha256(path),
+                        record={"path": str(path.resolve()), "sha256": sha256_of_file(path),
                                 "box_input_pixels": list(box) if box else None})
 
 
