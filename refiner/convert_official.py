@@ -75,22 +75,23 @@ def _rename_block_suffix(index: int, suffix: str, renames_to_ours: bool) -> str:
     return suffix
 
 
-def official_to_ours(key: str) -> str:
-    """Our name for a released key (no validation; unknown names come back unchanged)."""
+def _rename_key(key: str, renames_to_ours: bool) -> str:
+    """Rename a block key in either direction; keys outside the blocks are named alike in both."""
     match = _BLOCK_KEY.match(key)
     if match is None:
         return key
     index = int(match.group(1))
-    return f"blocks.{index}.{_rename_block_suffix(index, match.group(2), renames_to_ours=True)}"
+    return f"blocks.{index}.{_rename_block_suffix(index, match.group(2), renames_to_ours=renames_to_ours)}"
+
+
+def official_to_ours(key: str) -> str:
+    """Our name for a released key (no validation; unknown names come back unchanged)."""
+    return _rename_key(key, renames_to_ours=True)
 
 
 def ours_to_official(key: str) -> str:
     """The released name of one of our keys (used to report missing keys in the file's own terms)."""
-    match = _BLOCK_KEY.match(key)
-    if match is None:
-        return key
-    index = int(match.group(1))
-    return f"blocks.{index}.{_rename_block_suffix(index, match.group(2), renames_to_ours=False)}"
+    return _rename_key(key, renames_to_ours=False)
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
