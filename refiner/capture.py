@@ -102,7 +102,6 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
     rec = AttentionCapture(softmax=[None] * depth, effective=[None] * depth, query_rows=rows)
     handles: List[torch.utils.hooks.RemovableHandle] = []
     restore: List[Callable[[], None]] = []
-    refined_flags = [False] * depth
     heads = [int(getattr(block.attn, "num_heads", 0)) for block in model.blocks]
     input_hw: List[int] = []
 
@@ -111,7 +110,7 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
         input_hw[:] = [int(image.shape[-2]), int(image.shape[-1])]
 
     def on_model_output(_module: nn.Module, _args: tuple, _output: object) -> None:
-        rec.meta = _meta(model, input_hw, rec, depth, heads, refined_flags)
+        rec.meta = _meta(model, input_hw, rec, depth, heads, kinds)
 
     handles.append(model.register_forward_pre_hook(on_model_input))
     handles.append(model.register_forward_hook(on_model_output))
@@ -120,7 +119,6 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
             attn = model.blocks[index].attn
             if kinds[index] == "protocol":
                 _install_protocol_capture(index, attn, rec, rows, verify, detach, handles, restore)
-                refined_flags[index] = True
             else:
                 _install_timm_capture(index, attn, rec, rows, verify, handles)
         yield rec
@@ -132,7 +130,7 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
 
 
 def _meta(model: nn.Module, input_hw: List[int], rec: AttentionCapture, depth: int, heads: List[int],
-          refined_flags: List[bool]) -> AttentionMeta:
+          kinds: Dict[int, str]) -> AttentionMeta:
     height, width = input_hw
     num_prefix = int(getattr(model, "num_prefix_tokens", 1))
     grid = grid_for_image(model, height, width)
@@ -141,7 +139,7 @@ def _meta(model: nn.Module, input_hw: List[int], rec: AttentionCapture, depth: i
         raise CaptureMismatchError(f"{captured.shape[-1]} tokens do not match {num_prefix} prefix tokens and a "
                                    f"{grid[0]}x{grid[1]} grid")
     # A refined block is one whose effective map is not its softmax map by construction.
-    refined = [flag and rec.softmax[i] is not rec.effective[i] for i, flag in enumerate(refined_flags)]
+    refined = [kinds.get(i) == "protocol" and rec.softmax[i] is not rec.effective[i] for i in range(depth)]
     return AttentionMeta(num_prefix_tokens=num_prefix, grid_size=grid, patch_size=model_patch_size(model),
                          img_size=(height, width), depth=depth, num_heads=heads, refined=refined)
 
