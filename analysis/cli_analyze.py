@@ -101,24 +101,12 @@ class LoadedModel:
 
 
 def data_config(checkpoint_or_model: Any) -> Dict[str, Any]:
-    """Preprocessing of a checkpoint or model: `refiner.image_input.data_config_for`, completed with the
-    trainer's ``extra["preprocessing"]`` and ``extra["class_names"]`` when the checkpoint has them."""
+    """Preprocessing of a checkpoint or model: `refiner.image_input.data_config_for`, which reads the trainer's
+    ``extra["data"]`` (and the older flat layout), plus ``dataset_options`` ({} when none was recorded)."""
     from refiner.image_input import data_config_for
 
     data = data_config_for(checkpoint_or_model)
-    extra = ((getattr(checkpoint_or_model, "config", None) or {}).get("extra") or {})
-    saved = extra.get("preprocessing") or {}
-    for key in ("mean", "std", "in_chans"):
-        if saved.get(key) is not None:
-            data[key] = saved[key]
-    if saved.get("img_size") is not None:
-        size = saved["img_size"]
-        data["img_size"] = [int(size), int(size)] if np.isscalar(size) else [int(v) for v in size]
-    if extra.get("class_names"):
-        data["class_names"] = list(extra["class_names"])
-    if extra.get("dataset"):
-        data["dataset"] = extra["dataset"]
-        data["dataset_options"] = extra.get("dataset_options") or {}
+    data["dataset_options"] = dict(data.get("dataset_options") or {})
     return data
 
 

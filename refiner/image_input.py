@@ -249,14 +249,15 @@ def input_channels(model: torch.nn.Module, default: int = 3) -> int:
     return from_cfg if from_cfg is not None else default
 
 
-DATA_KEYS = ("dataset", "img_size", "in_chans", "mean", "std", "class_names", "interpolation")
+DATA_KEYS = ("dataset", "dataset_options", "img_size", "in_chans", "mean", "std", "class_names", "interpolation")
 
 
 def saved_data(config: Any) -> Dict[str, Any]:
     """The preprocessing a checkpoint's ``config.json`` records, in the CONTRACT's ``extra["data"]`` shape.
 
     Reads ``extra["data"]`` (CONTRACT) and also the trainer's flat layout: ``extra["preprocessing"]`` (img_size,
-    in_chans, mean, std) with ``extra["class_names"]`` and ``extra["dataset"]`` beside it. Without the latter a
+    in_chans, mean, std) with ``extra["class_names"]``, ``extra["dataset"]`` and ``extra["dataset_options"]`` beside
+    it, which checkpoints written before the trainer moved to ``extra["data"]`` hold. Without the latter a
     trained checkpoint would silently lose its class names and normalisation. Where both are present,
     ``extra["data"]`` wins.
 
@@ -273,7 +274,7 @@ def saved_data(config: Any) -> Dict[str, Any]:
     preprocessing = extra.get("preprocessing")
     if isinstance(preprocessing, Mapping):
         flat.update({k: preprocessing[k] for k in DATA_KEYS if k in preprocessing})
-    flat.update({k: extra[k] for k in ("dataset", "class_names") if k in extra})
+    flat.update({k: extra[k] for k in ("dataset", "dataset_options", "class_names") if k in extra})
     data = extra.get("data")
     if isinstance(data, Mapping):
         flat.update(data)

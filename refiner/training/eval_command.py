@@ -26,11 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for eval.json and confusion_matrix.png (default runs/eval/<checkpoint>-<dataset>)")
 
 
-def _dataset_options(args: argparse.Namespace, extra: Dict[str, Any], dataset: str) -> Dict[str, Any]:
+def _dataset_options(args: argparse.Namespace, saved: Dict[str, Any], dataset: str) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
-    if dataset == extra.get("dataset"):
+    if dataset == saved.get("dataset"):
         # Same dataset as in training: same canvas geometry, so the input size matches the model.
-        options.update({k: v for k, v in (extra.get("dataset_options") or {}).items() if k != "seed"})
+        options.update({k: v for k, v in (saved.get("dataset_options") or {}).items() if k != "seed"})
     for text in args.option:
         path, value = parse_override(text)
         options[".".join(path)] = value
@@ -42,14 +42,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import CheckpointError, load_checkpoint
+    from ..image_input import saved_data
     from ..data import DatasetNotFoundError, build_dataset, canonical_name, dataset_info
     from .evaluation import evaluate, plot_confusion
 
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-        extra = checkpoint.config.get("extra") or {}
-        name = canonical_name(args.dataset or extra.get("dataset") or "")
-        options = _dataset_options(args, extra, name)
+        saved = saved_data(checkpoint.config)
+        name = canonical_name(args.dataset or saved.get("dataset") or "")
+        options = _dataset_options(args, saved, name)
         info = dataset_info(name, root=args.data_root, **options)
         if args.download:
             options["download"] = True
@@ -63,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"refiner eval: the model has {num_classes} outputs but {name} has {info.num_classes} classes",
               file=sys.stderr)
         return 2
-    preprocessing = extra.get("preprocessing") or {}
-    mean = preprocessing.get("mean", info.mean)
-    std = preprocessing.get("std", info.std)
+    mean = saved.get("mean", info.mean)
+    std = saved.get("std", info.std)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(model.to(device), dataset, info.num_classes, mean, std, batch_size=args.batch_size, device=device)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.checkpoint).resolve().name}-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    class_names: List[str] = list(info.class_names) or list(extra.get("class_names") or [])
+    class_names: List[str] = list(info.class_names) or list(saved.get("class_names") or [])
     report = {"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": name, "split": args.split,
               "dataset_options": {k: v for k, v in options.items() if k != "download"},
               **result.to_dict(class_names)}

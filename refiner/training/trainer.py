@@ -196,11 +196,14 @@ class Trainer:
         cfg = self.config
         import timm
 
-        return {"train_config": cfg.to_dict(), "dataset": self.dataset_name, "dataset_options": self.dataset_record,
-                "preprocessing": {"mean": list(self.info.mean), "std": list(self.info.std),
-                                  "img_size": self.info.img_size, "in_chans": self.info.in_chans,
-                                  "range": "images in [0, 1], then (x - mean) / std"},
-                "class_names": list(self.info.class_names), "git_commit": git_commit(Path.cwd()),
+        # CONTRACT "Checkpoint extra and preprocessing": everything a reader needs to feed the model the
+        # images it was trained on lives under extra["data"] (eval, analysis and the app read it there).
+        data = {"dataset": self.dataset_name, "dataset_options": self.dataset_record,
+                "img_size": self.info.img_size, "in_chans": self.info.in_chans,
+                "mean": list(self.info.mean), "std": list(self.info.std),
+                "range": "images in [0, 1], then (x - mean) / std",
+                "class_names": list(self.info.class_names)}
+        return {"data": data, "train_config": cfg.to_dict(), "git_commit": git_commit(Path.cwd()),
                 "world_size": self.context.world_size, "torch": torch.__version__, "timm": timm.__version__,
                 "device": str(self.context.device)}
 

@@ -53,7 +53,10 @@ def test_run_writes_checkpoints_metrics_and_curve(tmp_path: Path) -> None:
     out = Path(config.output_dir)
     for which in ("last", "best"):
         checkpoint = refiner.load_checkpoint(out / which)
-        assert checkpoint.config["extra"]["dataset"] == "cluttered-mnist"
+        data = checkpoint.config["extra"]["data"]  # CONTRACT: everything needed to feed the model
+        assert data["dataset"] == "cluttered-mnist" and data["dataset_options"]["canvas_size"] == 32
+        assert data["img_size"] == 32 and data["in_chans"] == 1 and len(data["class_names"]) == 10
+        assert len(data["mean"]) == len(data["std"]) == 1
         assert checkpoint.config["extra"]["train_config"]["lr"] == 2e-3
         assert "git_commit" in checkpoint.config["extra"]
     assert refiner.load_training_state(out / "last")["epoch"] == 2
