@@ -210,24 +210,19 @@ def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str,
 
 def build_eval_dataset(name: str, split: str, root: Optional[Path], models: List[LoadedModel]):
     """The dataset and its options (taken from the first checkpoint trained on it, so canvases match)."""
-    from refiner.data import build_dataset, canonical_name, dataset_info
+    from refiner.data import build_dataset, canonical_name, canvas_options_for, dataset_info
 
     key = canonical_name(name)
-    options: Dict[str, Any] = {}
+    recorded: Optional[Dict[str, Any]] = None
     for m in models:
         if m.data.get("dataset") and canonical_name(m.data["dataset"]) == key:
-            options = dict(m.data.get("dataset_options") or {})
+            recorded = dict(m.data.get("dataset_options") or {})
             break
+    options: Dict[str, Any] = {}
     if key == "cluttered-mnist":
-        from dataclasses import fields
-
-        from refiner.data import ClutteredMNISTOptions
-
-        # Only the canvas options (the record may also hold training-only keys such as augmentation).
-        allowed = {f.name for f in fields(ClutteredMNISTOptions)}
-        options = {k: v for k, v in options.items() if k in allowed}
-    else:
-        options = {}
+        # Only the canvas options (the record also holds training-only keys such as the stream's seed); a model
+        # trained elsewhere gets canvases of its own input size.
+        options = canvas_options_for(recorded, int(models[0].data["img_size"][0]))
     return build_dataset(key, split, root, **options), dataset_info(key, root, **options), options
 
 

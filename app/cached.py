@@ -23,9 +23,9 @@ def get_model(source: str) -> LoadedModel:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def get_sample(key: str, canvas_size: int) -> ImageItem:
-    """A built-in sample image (raises KeyError for an unknown key)."""
-    return sample_item(key, canvas_size)
+def get_sample(key: str, canvas: str) -> ImageItem:
+    """A built-in sample image, digits drawn as `app.images.canvas_key` says (KeyError for an unknown key)."""
+    return sample_item(key, canvas)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -35,11 +35,11 @@ def get_upload(data: bytes) -> ImageItem:
 
 
 @st.cache_data(max_entries=32, show_spinner="Running the model...")
-def get_view(source: str, image_key: str, upload: Optional[bytes], canvas_size: int) -> ModelView:
+def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
     """Captured maps of one model on one image: the forward pass runs once per (model, image).
 
     The image is named by its key (and, for uploads, its bytes, which are also what the key hashes), so
     changing the layer, head or query token never reaches this function's body again.
     """
-    item = get_upload(upload) if upload is not None else get_sample(image_key, canvas_size)
+    item = get_upload(upload) if upload is not None else get_sample(image_key, canvas)
     return run_model(get_model(source), item.image)

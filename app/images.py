@@ -9,8 +9,9 @@ An image is named by a short *key*, small enough for the URL:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -56,8 +57,29 @@ def _pixels_sha(image: Image.Image) -> str:
     return hashlib.sha256(np.asarray(image).tobytes() + repr(image.size).encode()).hexdigest()
 
 
-def sample_item(key: str, canvas_size: int = 48) -> ImageItem:
-    """Build a sample image from its key.
+def canvas_key(model_data: Optional[Mapping[str, Any]]) -> str:
+    """How to draw digit samples for model A, as canonical JSON (small and hashable: a cache key).
+
+    A model trained on cluttered-mnist gets the canvas options its checkpoint recorded, so the samples are
+    canvases of its own test set; any other model (or none yet) gets the default geometry at its input size.
+
+    Args:
+        model_data: the model's preprocessing dict (`refiner.image_input.data_config_for`), or None.
+    """
+    from refiner.data import canonical_name, canvas_options_for
+
+    recorded = None
+    img_size = 48
+    if model_data is not None:
+        img_size = int(model_data["img_size"][0])
+        dataset = model_data.get("dataset")
+        if dataset and canonical_name(str(dataset)) == "cluttered-mnist":
+            recorded = model_data.get("dataset_options") or None
+    return json.dumps(canvas_options_for(recorded, img_size), sort_keys=True)
+
+
+def sample_item(key: str, canvas: str) -> ImageItem:
+    """Build a sample image from its key; digit canvases are drawn with the options of `canvas_key`.
 
     Raises:
         KeyError: for a key that names no sample.
@@ -71,7 +93,7 @@ def sample_item(key: str, canvas_size: int = 48) -> ImageItem:
     if kind == "digit" and name.isdigit():
         from refiner.data.cluttered_mnist import ClutteredMNIST
 
-        dataset = ClutteredMNIST("test", canvas_size=canvas_size)
+        dataset = ClutteredMNIST("test", **json.loads(canvas))
         index = int(name)
         if index >= len(dataset):
             raise KeyError(key)

@@ -31,20 +31,20 @@ def warm_up() -> List[str]:
     # Streamlit caches warn when called outside a session ("No runtime found"); expected here.
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from app import cached
-    from app.images import sample_keys
+    from app.images import canvas_key, sample_keys
     from app.sources import DEFAULT_PAIR, SourceError, shipped_sources
 
     shipped = shipped_sources()
     pair = DEFAULT_PAIR if set(DEFAULT_PAIR) <= set(shipped) else tuple(shipped[:1] + shipped[-1:])
     warmed: List[str] = []
-    canvas: Optional[int] = None
+    canvas: Optional[str] = None
     for source in dict.fromkeys(pair):
         try:
             model = cached.get_model(source)
         except SourceError:
             continue
-        # The sidebar draws every slot on model A's canvas size; do the same so the cache keys match.
-        canvas = canvas or int(model.data["img_size"][0])
+        # The sidebar draws every slot's samples with model A's canvas options; do the same so cache keys match.
+        canvas = canvas or canvas_key(model.data)
         try:
             cached.get_view(source, sample_keys()[0], None, canvas)
         except Exception:  # noqa: BLE001 - the page shows any such error with its message; the server must start

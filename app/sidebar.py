@@ -15,7 +15,7 @@ from analysis.similarity import align_layers
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from . import cached
-from .images import ImageItem, describe_key, sample_keys, upload_key
+from .images import ImageItem, canvas_key, describe_key, sample_keys, upload_key
 from .maps import ModelView, token_label
 from .selection import Selection, head_value, parse_head, parse_int, url_changes
 from .sources import DEFAULT_PAIR, LoadedModel, SourceError, missing_default_message, shipped_sources
@@ -54,7 +54,7 @@ class Context:
 
     def views(self) -> Tuple[ModelView, ModelView]:
         """Captured maps of both models on the current image (cached per model and image)."""
-        canvas = int(self.models[0].data["img_size"][0]) if self.models[0] else 48
+        canvas = canvas_key(self.models[0].data if self.models[0] else None)
         return tuple(cached.get_view(m.source, self.selection.img, self.upload, canvas)  # type: ignore[return-value]
                      for m in self.models)
 
@@ -145,7 +145,7 @@ def render_sidebar() -> Context:
     sidebar.selectbox("Image", image_options, key="img", format_func=describe_key)
     img = st.session_state["img"]
     item_upload = upload if img.startswith("upload:") and upload is not None and upload_key(upload) == img else None
-    canvas = int(models[0].data["img_size"][0]) if models[0] else 48
+    canvas = canvas_key(models[0].data if models[0] else None)
     item = cached.get_upload(item_upload) if item_upload is not None else cached.get_sample(img, canvas)
     if item.notes:
         sidebar.caption("Upload: " + "; ".join(item.notes))

@@ -59,11 +59,11 @@ def child(args: argparse.Namespace) -> Dict[str, object]:
         preprocess = {m.label: _normaliser(m.data) for m in pair}
         dataset, _info, _options = build_eval_dataset("cluttered-mnist", "test", None, pair)
     else:
-        from refiner.data import build_dataset
+        from refiner.data import build_dataset, canvas_options_for
 
         models = dict(pair)
         preprocess = None
-        dataset = build_dataset("cluttered-mnist", "test", canvas_size=48)
+        dataset = build_dataset("cluttered-mnist", "test", **canvas_options_for(None, 48))
     count = min(args.images, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(count))
     # Canvases are rendered up front so the timing is the analysis, not the data generator.

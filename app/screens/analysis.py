@@ -18,6 +18,7 @@ from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metr
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
 from ..exports import bundle_export, figure_exports, maps_export, table_exports
+from ..images import canvas_key
 from ..metric_views import curve_keys, head_mean, per_layer_table, scalar_table
 from ..sidebar import Context
 
@@ -26,7 +27,7 @@ SEPARATE = ("adjacent_similarity", "distance_px", "distance_patches", "cls_in_bo
 
 
 @st.cache_data(max_entries=32, show_spinner="Computing metrics...")
-def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: int, settings: MetricSettings,
+def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, settings: MetricSettings,
              box: Optional[Tuple[int, int, int, int]]) -> Dict[str, np.ndarray]:
     """Every metric of one model on one image (cached per model, image and settings)."""
     view = cached.get_view(source, image_key, upload, canvas)
@@ -59,7 +60,7 @@ def render(ctx: Context) -> None:
         st.info("Choose two models and an image in the sidebar.")
         return
     settings = _settings()
-    canvas = int(ctx.models[0].data["img_size"][0])
+    canvas = canvas_key(ctx.models[0].data)
     views = ctx.views()
     results: Dict[str, Dict[str, np.ndarray]] = {}
     for slot, model in enumerate(ctx.models):

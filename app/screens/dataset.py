@@ -21,7 +21,7 @@ from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from .. import cached
 from ..exports import figure_exports, table_exports
-from ..images import sample_item, upload_item
+from ..images import canvas_key, sample_item, upload_item
 from ..maps import run_model
 from ..metric_views import curve_keys, head_mean
 from ..sidebar import Context
@@ -41,7 +41,7 @@ def _summaries(metrics: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[bytes, ...],
-         settings: MetricSettings, canvas: int, _progress: Optional[Callable[[float, str], None]] = None
+         settings: MetricSettings, canvas: str, _progress: Optional[Callable[[float, str], None]] = None
          ) -> Tuple[List[PerLayer], List[str]]:
     """Per-layer summaries of both models over the images; returns them and the skipped images' messages."""
     models = [cached.get_model(s) for s in sources]
@@ -70,7 +70,7 @@ def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[b
     return [{k: np.stack(v) for k, v in c.items()} for c in collected], skipped
 
 
-def _image_set(canvas: int) -> Tuple[Tuple[str, ...], Tuple[bytes, ...]]:
+def _image_set(canvas: str) -> Tuple[Tuple[str, ...], Tuple[bytes, ...]]:
     source = st.radio("Images", ["Dataset test canvases", "Uploads"], horizontal=True, key="ds-source")
     if source == "Dataset test canvases":
         count = st.slider("Number of test canvases", 10, 300, 50, 10, key="ds-count")
@@ -85,7 +85,7 @@ def render(ctx: Context) -> None:
     if not all(ctx.models):
         st.info("Choose two models in the sidebar.")
         return
-    canvas = int(ctx.models[0].data["img_size"][0])
+    canvas = canvas_key(ctx.models[0].data)
     keys, uploads = _image_set(canvas)
     kind = st.radio("Map", ["effective", "softmax"], horizontal=True, key="ds-kind")
     settings = MetricSettings(map_kind=kind)

@@ -19,8 +19,6 @@ cluttered-mnist canvases from (seed, epoch, index); a resumed run skips the batc
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 import signal
 import subprocess
@@ -28,7 +26,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch

@@ -9,8 +9,11 @@ import pytest
 import refiner
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
-DATA = {"dataset": "cluttered-mnist", "img_size": [48, 48], "in_chans": 1, "mean": [0.1], "std": [0.3],
-        "class_names": [str(i) for i in range(10)]}
+# What the trainer records (extra["data"]), with the shipped configs' canvas geometry.
+CANVAS = {"canvas_size": 48, "scale_range": [1.3, 1.5], "fragments": 2, "fragment_size": 6, "position_step": 1,
+          "max_shift": 4, "epoch_size": 8000, "test_size": 1000, "seed": 0}
+DATA = {"dataset": "cluttered-mnist", "dataset_options": CANVAS, "img_size": 48, "in_chans": 1, "mean": [0.1],
+        "std": [0.3], "class_names": [str(i) for i in range(10)]}
 
 
 def make_pair(root: Path) -> Path:

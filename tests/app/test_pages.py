@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app.images import upload_key
+from app.images import canvas_key, sample_item, upload_key
 from app.launch import SERVE, add_arguments, streamlit_command
 from app.maps import map_query, patch_token, token_label
 from app.selection import Selection, parse_head, parse_int, url_changes
@@ -159,6 +159,24 @@ def test_upload_key_is_content_addressed() -> None:
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buffer, "PNG")
     assert upload_key(buffer.getvalue()) == upload_key(bytes(buffer.getvalue()))
     assert upload_key(buffer.getvalue()) != upload_key(buffer.getvalue() + b"x")
+
+
+def test_digit_samples_are_canvases_of_model_as_own_test_set(pair_dir: Path) -> None:
+    import refiner
+    from refiner.data import ClutteredMNIST
+    from refiner.image_input import data_config_for
+
+    data = data_config_for(refiner.load_checkpoint(pair_dir / "vanilla"))
+    item = sample_item("digit:5", canvas_key(data))
+    # Same geometry as the recorded options: the same canvas as test item 5 of that set (48 px, near-centred).
+    recorded = data["dataset_options"]
+    assert recorded["canvas_size"] == 48 and recorded["max_shift"] == 4  # the conftest pair's record
+    canvas, label, box = ClutteredMNIST("test", **{k: v for k, v in recorded.items() if k != "seed"})[5]
+    assert item.image.size == (48, 48) and item.label == label and item.box == tuple(box.tolist())
+    assert np.array_equal(np.asarray(item.image)[..., 0], (canvas[0].numpy() * 255).round().astype(np.uint8))
+    # A model trained on something else: the default geometry at its own input size.
+    other = sample_item("digit:5", canvas_key({"dataset": "imagefolder", "img_size": [224, 224]}))
+    assert other.image.size == (224, 224)
 
 
 def test_launch_command() -> None:

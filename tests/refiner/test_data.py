@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.data import (ClutteredMNIST, DatasetNotFoundError, build_dataset, dataset_info, list_datasets,
-                          mnist_split)
+from refiner.data import (ClutteredMNIST, DatasetNotFoundError, build_dataset, canvas_options_for, dataset_info,
+                          list_datasets, mnist_split)
 from refiner.data.cluttered_mnist import INK_THRESHOLD
 
 
@@ -144,3 +144,31 @@ def test_max_shift_keeps_the_digit_near_the_centre_and_position_step_snaps() -> 
     draws = {_position(rng, -3, 20, 6) for _ in range(200)}
     assert draws == {0, 6, 12, 18}
     assert _position(rng, 1, 4, 6) in range(1, 5)  # no multiple in range: any pixel
+
+
+def test_default_geometry_is_the_full_design_task() -> None:
+    # DESIGN section 4: a 64 px canvas with the digit anywhere; the shipped configs choose an easier geometry.
+    dataset = ClutteredMNIST("test")
+    assert dataset.options.canvas_size == 64 and dataset.options.max_shift is None
+    image, _, box = dataset[0]
+    assert image.shape == (1, 64, 64)
+    centres = np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in (dataset[i][2].tolist() for i in range(60))])
+    # Anywhere on the canvas: centres spread far more than the shipped geometry's +-4 px.
+    assert np.ptp(centres[:, 0]) > 12 and np.ptp(centres[:, 1]) > 12
+
+
+def test_canvas_options_for_a_model_follow_its_record_or_its_input_size() -> None:
+    recorded = {"canvas_size": 48, "scale_range": (1.3, 1.5), "fragments": 2, "fragment_size": 6, "max_shift": 4,
+                "position_step": 1, "epoch_size": 8000, "test_size": 1000, "seed": 3}
+    options = canvas_options_for(recorded, 48)
+    # The stream's seed and epoch size choose training canvases; they do not shape a test canvas.
+    assert "seed" not in options and "epoch_size" not in options
+    assert options["scale_range"] == [1.3, 1.5] and options["max_shift"] == 4
+    recorded_set = ClutteredMNIST("test", **options)
+    same = ClutteredMNIST("test", **{k: v for k, v in recorded.items() if k != "seed"})
+    assert torch.equal(recorded_set[7][0], same[7][0])
+    # A model not trained on cluttered-mnist: canvases of its input size, the digit scaled down to fit.
+    small = canvas_options_for(None, 32)
+    assert small["canvas_size"] == 32 and small["scale_range"][1] <= 40 / 28
+    image, _, box = ClutteredMNIST("test", **small)[0]
+    assert image.shape == (1, 32, 32) and int(box[2]) <= 32 and int(box[3]) <= 32

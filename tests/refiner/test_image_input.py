@@ -276,12 +276,14 @@ def test_input_channels_prefers_the_first_conv_when_the_cfg_disagrees() -> None:
 
 
 def test_data_config_reads_the_trainers_flat_extra_layout(grey_model: torch.nn.Module, tmp_path: Path) -> None:
-    # What refiner train writes: preprocessing, class names and dataset side by side in "extra".
+    # What refiner train wrote before it moved to extra["data"]: everything side by side in "extra".
     extra = {"class_names": ["zero", "one"] + [str(i) for i in range(2, 10)], "dataset": "cluttered-mnist",
+             "dataset_options": {"canvas_size": 48, "max_shift": 4},
              "preprocessing": {"img_size": 48, "in_chans": 1, "mean": [0.2], "std": [0.4],
                                "range": "images in [0, 1], then (x - mean) / std"}}
     refiner.save_checkpoint(grey_model, tmp_path / "ck", extra=extra)
     data = data_config_for(refiner.load_checkpoint(tmp_path / "ck"))
     assert data["mean"] == [0.2] and data["std"] == [0.4] and data["img_size"] == [48, 48]
     assert data["class_names"][:2] == ["zero", "one"] and data["dataset"] == "cluttered-mnist"
+    assert data["dataset_options"] == {"canvas_size": 48, "max_shift": 4}  # so samples match its canvases
     assert "range" not in data

@@ -28,8 +28,8 @@ TINY: Dict[str, Any] = {
     "model": "vit_micro_patch4_32",
     "model_overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2},
     "dataset": "cluttered-mnist",
-    "dataset_options": {"canvas_size": 32, "scale_range": [0.7, 1.0], "fragments": 1, "epoch_size": 128,
-                        "test_size": 40},
+    "dataset_options": {"canvas_size": 32, "scale_range": [0.7, 1.0], "fragments": 1, "fragment_size": 6,
+                        "max_shift": 4, "epoch_size": 128, "test_size": 40},
     "epochs": 2, "batch_size": 32, "eval_batch_size": 40, "lr": 2e-3, "warmup_epochs": 0.5,
     "threads": 1, "progress": False,
 }
