@@ -268,7 +268,6 @@ def fixed_test_set(**options: object) -> Tuple[torch.Tensor, torch.Tensor, torch
     return _cached_test_set(ClutteredMNISTOptions(**options))  # type: ignore[arg-type]
 
 
-
 # Options that shape a canvas (what a model trained on cluttered-mnist expects to see); the rest (seed,
 # epoch_size) only choose which training canvases are drawn.
 CANVAS_FIELDS = ("canvas_size", "scale_range", "fragments", "fragment_size", "position_step", "max_shift", "test_size")
