@@ -154,6 +154,24 @@ class Trainer:
                                 re_prob=cfg.random_erasing, re_mode="pixel", interpolation="bicubic",
                                 mean=(0.0,) * self.info.in_chans, std=(1.0,) * self.info.in_chans)
 
+    def _check_input_size(self, model: nn.Module) -> None:
+        """Refuse, before any step, a model whose fixed input size is not the dataset's image size.
+
+        Without this the first forward pass fails deep inside timm's patch embedding (e.g. the 48 px shipped
+        architecture on cluttered-mnist's default 64 px canvases).
+        """
+        patch_embed = getattr(model, "patch_embed", None)
+        expected = getattr(patch_embed, "img_size", None)
+        flexible = getattr(patch_embed, "dynamic_img_size", False) or not getattr(patch_embed, "strict_img_size", True)
+        if expected is None or flexible:
+            return
+        side = self.info.img_size
+        if tuple(expected) != (side, side):
+            option = f"dataset_options.{'canvas_size' if self.dataset_name == 'cluttered-mnist' else 'img_size'}"
+            raise ConfigError(
+                f"{self.dataset_name} gives {side}x{side} images but {self.config.model} expects "
+                f"{expected[0]}x{expected[1]}: set {option}={expected[0]} or model_overrides.img_size={side}")
+
     def _build_model(self) -> None:
         cfg = self.config
         overrides = {"num_classes": self.info.num_classes, "in_chans": self.info.in_chans,
@@ -162,6 +180,7 @@ class Trainer:
             model = create_model(cfg.model, **overrides)
         except TypeError as error:
             raise ConfigError(f"model {cfg.model!r} rejects the overrides {overrides}: {error}") from None
+        self._check_input_size(model)
         self.model = model.to(self.context.device)
         self.ddp_model: nn.Module = self.model
         if self.context.distributed:

@@ -214,6 +214,15 @@ def test_config_typos_and_bad_values_are_named(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_a_model_that_does_not_fit_the_images_is_refused_before_training(tmp_path: Path) -> None:
+    # The shipped 48 px architecture on cluttered-mnist's default 64 px canvases: a clear error at setup,
+    # naming both fixes, instead of a shape error inside timm at the first step.
+    config = tiny_config(tmp_path, model="vit_mini_patch6_48", model_overrides={}, dataset_options={})
+    with pytest.raises(ConfigError, match=r"64x64 images but vit_mini_patch6_48 expects 48x48.*canvas_size=48"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_shipped_configs_load_and_the_pair_shares_one_recipe() -> None:
     configs = {p.stem: load_config(p) for p in (REPO / "configs").glob("*.yaml")}
     assert {"cluttered_mnist_vanilla", "cluttered_mnist_refined", "refiner_vit_s_imagenet"} <= set(configs)
