@@ -65,7 +65,8 @@ def main(paths: List[str]) -> int:
                 cells.append("n/a")
                 continue
             signs.add((diff[1] > 0) - (diff[2] < 0))  # +1 / -1 when the interval excludes 0, else 0
-            cells.append(f"{fmt.format(vanilla)} -> {fmt.format(refined)} ({diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}])")
+            interval = f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"
+            cells.append(f"{fmt.format(vanilla)} -> {fmt.format(refined)} ({interval})")
         same = "yes" if len(signs) == 1 and 0 not in signs else "no"
         print(f"| {label} | {' | '.join(cells)} | {same} |")
     return 0
