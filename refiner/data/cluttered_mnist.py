@@ -277,8 +277,9 @@ def canvas_options_for(recorded: Optional[Mapping[str, Any]], img_size: int) -> 
     """The cluttered-MNIST options to draw test canvases for a model.
 
     A model trained on cluttered-mnist recorded its options (checkpoint ``extra["data"]["dataset_options"]``):
-    its canvas fields are returned, so samples look like its own test set. Any other model gets the default
-    geometry on a canvas of its input size, with the digit scale capped so the digit still fits.
+    its canvas fields are returned, so samples look like its own test set. Whatever is not recorded (any other
+    model: everything) takes the default geometry on a canvas of the model's input size, with the digit scale
+    capped so the digit still fits.
 
     Args:
         recorded: the recorded dataset options, or None for a model not trained on cluttered-mnist.
@@ -287,11 +288,13 @@ def canvas_options_for(recorded: Optional[Mapping[str, Any]], img_size: int) -> 
     Returns:
         Keyword options for `ClutteredMNIST` / `build_dataset("cluttered-mnist", ...)`, JSON-friendly.
     """
-    if recorded:
-        options = {k: recorded[k] for k in CANVAS_FIELDS if k in recorded}
-        if "scale_range" in options:
-            options["scale_range"] = [float(v) for v in options["scale_range"]]
-        return options
-    low, high = ClutteredMNISTOptions.scale_range
-    fit = (img_size + 8) / DIGIT_SIZE  # the largest scale whose ink still fits (see __post_init__)
-    return {"canvas_size": int(img_size), "scale_range": [min(low, fit), min(high, fit)]}
+    options = {k: recorded[k] for k in CANVAS_FIELDS if k in recorded} if recorded else {}
+    # A record without a canvas size (written when only some options were set) still means the model's size.
+    options.setdefault("canvas_size", int(img_size))
+    if "scale_range" in options:
+        options["scale_range"] = [float(v) for v in options["scale_range"]]
+    else:
+        low, high = ClutteredMNISTOptions.scale_range
+        fit = (int(options["canvas_size"]) + 8) / DIGIT_SIZE  # the largest scale whose ink fits (__post_init__)
+        options["scale_range"] = [min(low, fit), min(high, fit)]
+    return options

@@ -18,6 +18,7 @@ cluttered-mnist canvases from (seed, epoch, index); a resumed run skips the batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -136,6 +137,11 @@ class Trainer:
             train_options["transform"] = self._pil_train_transform()
         self.train_set = build_dataset(self.dataset_name, "train", root=cfg.data_root, **train_options)
         self.eval_set = build_dataset(self.dataset_name, cfg.eval_split, root=cfg.data_root, **eval_options)
+        resolved = getattr(self.train_set, "options", None)
+        if dataclasses.is_dataclass(resolved):
+            # Record every option as used, defaults included, so the checkpoint still describes its canvases
+            # if a later version changes a default.
+            self.dataset_record = json.loads(json.dumps(dataclasses.asdict(resolved)))
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.context.world_size,
                                           rank=self.context.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size

@@ -172,3 +172,6 @@ def test_canvas_options_for_a_model_follow_its_record_or_its_input_size() -> Non
     assert small["canvas_size"] == 32 and small["scale_range"][1] <= 40 / 28
     image, _, box = ClutteredMNIST("test", **small)[0]
     assert image.shape == (1, 32, 32) and int(box[2]) <= 32 and int(box[3]) <= 32
+    # A partial record (only the stream's seed): the model's own input size, not the 64 px default.
+    partial = canvas_options_for({"seed": 0}, 32)
+    assert partial == small

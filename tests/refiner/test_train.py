@@ -55,6 +55,8 @@ def test_run_writes_checkpoints_metrics_and_curve(tmp_path: Path) -> None:
         checkpoint = refiner.load_checkpoint(out / which)
         data = checkpoint.config["extra"]["data"]  # CONTRACT: everything needed to feed the model
         assert data["dataset"] == "cluttered-mnist" and data["dataset_options"]["canvas_size"] == 32
+        # Every option as used, defaults included (TINY leaves position_step at its default).
+        assert data["dataset_options"]["position_step"] == 1 and data["dataset_options"]["seed"] == 0
         assert data["img_size"] == 32 and data["in_chans"] == 1 and len(data["class_names"]) == 10
         assert len(data["mean"]) == len(data["std"]) == 1
         assert checkpoint.config["extra"]["train_config"]["lr"] == 2e-3
