@@ -108,6 +108,9 @@ class Trainer:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         _seed_everything(config.seed)
+        # The code that trains is the code at start-up: a checkpoint saved later must not record a HEAD that
+        # moved on while the run was going.
+        self.git_commit = git_commit(Path.cwd())
         self._build_data()
         self._build_model()
         self.step = 0
@@ -226,7 +229,7 @@ class Trainer:
                 "mean": list(self.info.mean), "std": list(self.info.std),
                 "range": "images in [0, 1], then (x - mean) / std",
                 "class_names": list(self.info.class_names)}
-        return {"data": data, "train_config": cfg.to_dict(), "git_commit": git_commit(Path.cwd()),
+        return {"data": data, "train_config": cfg.to_dict(), "git_commit": self.git_commit,
                 "world_size": self.context.world_size, "torch": torch.__version__, "timm": timm.__version__,
                 "device": str(self.context.device)}
 
@@ -377,7 +380,7 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "config.yaml", "w", encoding="utf-8") as handle:
-                yaml.safe_dump({**cfg.to_dict(), "git_commit": git_commit(Path.cwd())}, handle, sort_keys=False)
+                yaml.safe_dump({**cfg.to_dict(), "git_commit": self.git_commit}, handle, sort_keys=False)
             if log is not None:
                 # Lines of epochs after the resumed one came from a run that is being replaced.
                 log.truncate_after(self.epoch)

@@ -237,3 +237,17 @@ def test_shipped_configs_load_and_the_pair_shares_one_recipe() -> None:
     assert (imagenet.lr, imagenet.epochs, imagenet.warmup_epochs, imagenet.mixup, imagenet.cutmix,
             imagenet.drop_path, imagenet.ema_decay, imagenet.random_erasing) == (5e-4, 300, 5, 0.8, 1.0, 0.1,
                                                                                  0.99996, 0.25)
+
+
+def test_checkpoints_record_the_commit_the_run_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bug found on the shipped runs: each save asked git for HEAD, so commits made while a run trained
+    # ended up in its checkpoints although that code never ran.
+    import refiner.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "git_commit", lambda _directory: "start-commit")
+    trainer = Trainer(tiny_config(tmp_path, epochs=1))
+    monkeypatch.setattr(trainer_module, "git_commit", lambda _directory: "later-commit")
+    assert trainer.fit() == 0
+    out = Path(trainer.config.output_dir)
+    assert refiner.load_checkpoint(out / "last").config["extra"]["git_commit"] == "start-commit"
+    assert yaml.safe_load((out / "config.yaml").read_text())["git_commit"] == "start-commit"
