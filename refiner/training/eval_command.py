@@ -26,11 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for eval.json and confusion_matrix.png (default runs/eval/<checkpoint>-<dataset>)")
 
 
-def _dataset_options(args: argparse.Namespace, saved: Dict[str, Any], dataset: str) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
-    if dataset == saved.get("dataset"):
-        # Same dataset as in training: same canvas geometry, so the input size matches the model.
-        options.update({k: v for k, v in (saved.get("dataset_options") or {}).items() if k != "seed"})
+def _dataset_options(args: argparse.Namespace, saved: Dict[str, Any], dataset: str, img_size: int) -> Dict[str, Any]:
+    recorded = saved.get("dataset_options") if dataset == saved.get("dataset") else None
+    if dataset == "cluttered-mnist":
+        from ..data import canvas_options_for
+
+        # The checkpoint's own test canvases; a model trained on something else gets canvases of its input size.
+        options: Dict[str, Any] = canvas_options_for(recorded, img_size)
+    else:
+        options = {k: v for k, v in (recorded or {}).items() if k != "seed"}
     for text in args.option:
         path, value = parse_override(text)
         options[".".join(path)] = value
@@ -42,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import CheckpointError, load_checkpoint
-    from ..image_input import saved_data
+    from ..image_input import data_config_for, saved_data
     from ..data import DatasetNotFoundError, build_dataset, canonical_name, dataset_info
     from .evaluation import evaluate, plot_confusion
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         saved = saved_data(checkpoint.config)
         name = canonical_name(args.dataset or saved.get("dataset") or "")
-        options = _dataset_options(args, saved, name)
+        options = _dataset_options(args, saved, name, int(data_config_for(checkpoint)["img_size"][0]))
         info = dataset_info(name, root=args.data_root, **options)
         if args.download:
             options["download"] = True

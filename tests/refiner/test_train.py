@@ -251,3 +251,15 @@ def test_checkpoints_record_the_commit_the_run_started_from(tmp_path: Path, monk
     out = Path(trainer.config.output_dir)
     assert refiner.load_checkpoint(out / "last").config["extra"]["git_commit"] == "start-commit"
     assert yaml.safe_load((out / "config.yaml").read_text())["git_commit"] == "start-commit"
+
+
+def test_eval_of_a_checkpoint_trained_elsewhere_uses_canvases_of_its_input_size(tmp_path: Path) -> None:
+    # No dataset record: cluttered-mnist's 64 px default would not fit this 48 px model.
+    refiner.save_checkpoint(refiner.create_model("vit_mini_patch6_48", in_chans=1, num_classes=10), tmp_path / "ck")
+    parser = __import__("argparse").ArgumentParser()
+    eval_command.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path / "ck"), "--dataset", "cluttered-mnist", "--option", "test_size=20",
+                              "--out", str(tmp_path / "eval")])
+    assert eval_command.run(args) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["count"] == 20 and report["dataset_options"]["canvas_size"] == 48
