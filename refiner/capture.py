@@ -167,7 +167,8 @@ def _check(index: int, effective: torch.Tensor, v: torch.Tensor, projected_input
     actual = projected_input.float().reshape(b, -1, h, d)
     actual = _select_rows(actual, rows, 1).transpose(1, 2)  # (B, H, Q, d) view
     inf = float("inf")
-    difference = torch.matmul(effective.float(), v.float()).sub_(actual)
+    with torch.autocast(device_type=effective.device.type, enabled=False):  # an fp32 check, also under autocast
+        difference = torch.matmul(effective.float(), v.float()).sub_(actual)
     error = torch.linalg.vector_norm(difference, ord=inf).item()
     scale = max(torch.linalg.vector_norm(actual, ord=inf).item(), 1.0)
     rec.max_abs_error[index] = error
@@ -213,10 +214,12 @@ def _install_timm_capture(index: int, attn: Attention, rec: AttentionCapture, ro
             return
         b, n, _ = qkv.shape
         q, k, v = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        with torch.no_grad():
-            q, k = attn.q_norm(q), attn.k_norm(k)
-            q = _select_rows(q.float(), rows, 2)
-            softmax = ((q * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)  # (B, H, Q, N)
+        # The hook runs inside the caller's autocast region (bf16 training or analysis on a GPU): without
+        # switching it off, the "fp32" recompute and the check would silently run in bf16.
+        with torch.no_grad(), torch.autocast(device_type=qkv.device.type, enabled=False):
+            q, k = _normed_fp32(attn.q_norm, q), _normed_fp32(attn.k_norm, k)
+            q = _select_rows(q, rows, 2)
+            softmax = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Q, N)
         if verify and not _dropout_active(attn):
             _check(index, softmax, v, args[0].detach(), rows, rec)
         rec.softmax[index] = softmax
@@ -224,6 +227,15 @@ def _install_timm_capture(index: int, attn: Attention, rec: AttentionCapture, ro
 
     handles.append(attn.qkv.register_forward_hook(on_qkv_output))
     handles.append(_projection_input_module(attn).register_forward_pre_hook(on_projection_input))
+
+
+def _normed_fp32(norm: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``norm(t)`` in float32, as autocast runs layer norms: the input is cast to the norm's own weight dtype
+    (float32 unless the whole model was cast down, in which case the model computed it in that dtype too)."""
+    weight = next(norm.parameters(), None)
+    if weight is None:  # nn.Identity (no qk-norm) or a weightless norm
+        return norm(t.float()).float()
+    return norm(t.to(weight.dtype)).float()
 
 
 def _dropout_active(attn: nn.Module) -> bool:

@@ -134,3 +134,30 @@ def test_capture_works_for_every_registered_name(name: str) -> None:
         if soft is not None:
             torch.testing.assert_close(soft.sum(-1), torch.ones(2, 2, n))
     assert all_hooks(model) == 0
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vit_small_patch16_224", dict(img_size=64, depth=2)),
+    ("vit_small_patch16_224", dict(img_size=64, depth=2, qk_norm=True)),
+    ("refined_vit_micro_patch4_32", {}),
+])
+def test_capture_under_bf16_autocast_gives_fp32_maps(name: str, kwargs: dict) -> None:
+    # The GPU path (bf16 training, analysis under autocast), exercised with CPU autocast. A bug found here:
+    # the hooks ran inside the caller's autocast region, so the "fp32" recompute of a timm block came out in
+    # bf16 (rows summing to 1 only within ~1e-2).
+    torch.manual_seed(0)
+    model = refiner.create_model(name, **kwargs).eval()
+    images = torch.randn(2, 3, *model.patch_embed.img_size)
+    with torch.no_grad(), refiner.capture_attention(model) as plain:
+        model(images)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), refiner.capture_attention(model) as rec:
+        model(images)  # verify=True: effective @ v checked against the block's bf16 output
+    for index, (maps, reference) in enumerate(zip(rec.effective, plain.effective)):
+        assert maps.dtype == torch.float32 and maps.shape == reference.shape
+        # bf16 q and k move the map a little; the map must still be the model's, not another one.
+        assert torch.allclose(maps, reference, atol=3e-2), (index, float((maps - reference).abs().max()))
+    for index, maps in enumerate(rec.softmax):
+        # A timm block's map is recomputed by the capture in fp32: rows sum to 1 at fp32 precision. A refined
+        # block reports the map it computed itself, in whatever precision autocast gave it.
+        tolerance = 1e-2 if rec.meta.refined[index] else 1e-5
+        torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=tolerance, rtol=0)
