@@ -88,3 +88,28 @@ def test_bad_options_are_rejected() -> None:
         AttentionRefinement(2, kernel=4)
     with pytest.raises(ValueError, match="grid"):
         AttentionRefinement(2, layout="spatial")(torch.rand(1, 2, 10, 10), 1, (2, 2))
+
+
+@pytest.mark.parametrize("layout", ["sequence", "spatial"])
+def test_refined_model_trains_under_bf16_autocast(layout: str) -> None:
+    # The trainer's GPU path (amp: bf16 autocast) exercised with CPU autocast: mixed bf16/fp32 tensors must
+    # flow through the channels-last Body (linear over heads, depthwise conv, BatchNorm, in-place ReLU6) in
+    # training and eval mode, and every parameter must get a finite gradient.
+    import refiner
+
+    torch.manual_seed(0)
+    model = refiner.create_model("vit_micro_patch4_32", in_chans=1)
+    refiner.refine(model, layout=layout)
+    images, labels = torch.randn(4, 1, 32, 32), torch.randint(0, 10, (4,))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        full = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images)  # eval mode folds BatchNorm into the convs; bf16 must give nearly the same logits
+    assert torch.allclose(low.float(), full, atol=0.1 * float(full.abs().max()) + 1e-3)
