@@ -176,10 +176,12 @@ class Trainer:
             return
         side = self.info.img_size
         if tuple(expected) != (side, side):
-            option = f"dataset_options.{'canvas_size' if self.dataset_name == 'cluttered-mnist' else 'img_size'}"
-            raise ConfigError(
-                f"{self.dataset_name} gives {side}x{side} images but {self.config.model} expects "
-                f"{expected[0]}x{expected[1]}: set {option}={expected[0]} or model_overrides.img_size={side}")
+            # Only these datasets can change their image size; the others (mnist, cifar) are what they are.
+            size_option = {"cluttered-mnist": "canvas_size", "imagefolder": "img_size"}.get(self.dataset_name)
+            fixes = ([f"dataset_options.{size_option}={expected[0]}"] if size_option else []) + \
+                [f"model_overrides.img_size={side}"]
+            raise ConfigError(f"{self.dataset_name} gives {side}x{side} images but {self.config.model} expects "
+                              f"{expected[0]}x{expected[1]}: set {' or '.join(fixes)}")
 
     def _build_model(self) -> None:
         cfg = self.config

@@ -220,8 +220,13 @@ def test_a_model_that_does_not_fit_the_images_is_refused_before_training(tmp_pat
     # The shipped 48 px architecture on cluttered-mnist's default 64 px canvases: a clear error at setup,
     # naming both fixes, instead of a shape error inside timm at the first step.
     config = tiny_config(tmp_path, model="vit_mini_patch6_48", model_overrides={}, dataset_options={})
-    with pytest.raises(ConfigError, match=r"64x64 images but vit_mini_patch6_48 expects 48x48.*canvas_size=48"):
+    with pytest.raises(ConfigError, match=r"64x64 images but vit_mini_patch6_48 expects 48x48: set "
+                                          r"dataset_options.canvas_size=48 or model_overrides.img_size=64"):
         Trainer(config)
+    # mnist's 28 px cannot change: only the model's size is offered.
+    with pytest.raises(ConfigError, match=r"mnist gives 28x28 images .*: set model_overrides.img_size=28$"):
+        Trainer(tiny_config(tmp_path, name="mnist", model="vit_mini_patch6_48", model_overrides={}, dataset="mnist",
+                            dataset_options={}))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
