@@ -213,16 +213,11 @@ def build_eval_dataset(name: str, split: str, root: Optional[Path], models: List
     from refiner.data import build_dataset, canonical_name, canvas_options_for, dataset_info
 
     key = canonical_name(name)
-    recorded: Optional[Dict[str, Any]] = None
-    for m in models:
-        if m.data.get("dataset") and canonical_name(m.data["dataset"]) == key:
-            recorded = dict(m.data.get("dataset_options") or {})
-            break
     options: Dict[str, Any] = {}
     if key == "cluttered-mnist":
-        # Only the canvas options (the record also holds training-only keys such as the stream's seed); a model
-        # trained elsewhere gets canvases of its own input size.
-        options = canvas_options_for(recorded, int(models[0].data["img_size"][0]))
+        # Only the canvas options: those of the first model trained on it, else model A's input size.
+        trained = [m.data for m in models if m.data.get("dataset") and canonical_name(m.data["dataset"]) == key]
+        options = canvas_options_for({**(trained[0] if trained else {}), "img_size": models[0].data["img_size"]})
     return build_dataset(key, split, root, **options), dataset_info(key, root, **options), options
 
 

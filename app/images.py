@@ -61,21 +61,15 @@ def canvas_key(model_data: Optional[Mapping[str, Any]]) -> str:
     """How to draw digit samples for model A, as canonical JSON (small and hashable: a cache key).
 
     A model trained on cluttered-mnist gets the canvas options its checkpoint recorded, so the samples are
-    canvases of its own test set; any other model (or none yet) gets the default geometry at its input size.
+    canvases of its own test set; any other model (or none yet: 48 px) gets the default geometry at its input
+    size (`refiner.data.canvas_options_for`).
 
     Args:
         model_data: the model's preprocessing dict (`refiner.image_input.data_config_for`), or None.
     """
-    from refiner.data import canonical_name, canvas_options_for
+    from refiner.data import canvas_options_for
 
-    recorded = None
-    img_size = 48
-    if model_data is not None:
-        img_size = int(model_data["img_size"][0])
-        dataset = model_data.get("dataset")
-        if dataset and canonical_name(str(dataset)) == "cluttered-mnist":
-            recorded = model_data.get("dataset_options") or None
-    return json.dumps(canvas_options_for(recorded, img_size), sort_keys=True)
+    return json.dumps(canvas_options_for(model_data or {"img_size": 48}), sort_keys=True)
 
 
 def sample_item(key: str, canvas: str) -> ImageItem:

@@ -63,7 +63,7 @@ def child(args: argparse.Namespace) -> Dict[str, object]:
 
         models = dict(pair)
         preprocess = None
-        dataset = build_dataset("cluttered-mnist", "test", **canvas_options_for(None, 48))
+        dataset = build_dataset("cluttered-mnist", "test", **canvas_options_for({"img_size": 48}))
     count = min(args.images, len(dataset))
     subset = torch.utils.data.Subset(dataset, range(count))
     # Canvases are rendered up front so the timing is the analysis, not the data generator.

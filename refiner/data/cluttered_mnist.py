@@ -273,21 +273,27 @@ def fixed_test_set(**options: object) -> Tuple[torch.Tensor, torch.Tensor, torch
 CANVAS_FIELDS = ("canvas_size", "scale_range", "fragments", "fragment_size", "position_step", "max_shift", "test_size")
 
 
-def canvas_options_for(recorded: Optional[Mapping[str, Any]], img_size: int) -> Dict[str, Any]:
+def canvas_options_for(data: Mapping[str, Any]) -> Dict[str, Any]:
     """The cluttered-MNIST options to draw test canvases for a model.
 
     A model trained on cluttered-mnist recorded its options (checkpoint ``extra["data"]["dataset_options"]``):
-    its canvas fields are returned, so samples look like its own test set. Whatever is not recorded (any other
-    model: everything) takes the default geometry on a canvas of the model's input size, with the digit scale
-    capped so the digit still fits.
+    its canvas fields are returned, so samples look like its own test set. Whatever is not recorded (a model
+    trained on another dataset: everything) takes the default geometry on a canvas of the model's input size,
+    with the digit scale capped so the digit still fits.
 
     Args:
-        recorded: the recorded dataset options, or None for a model not trained on cluttered-mnist.
-        img_size: the model's input side in pixels.
+        data: the model's preprocessing dict (`refiner.image_input.data_config_for`): ``img_size`` (side, or
+            [H, W]) and, when recorded, ``dataset`` and ``dataset_options``.
 
     Returns:
         Keyword options for `ClutteredMNIST` / `build_dataset("cluttered-mnist", ...)`, JSON-friendly.
     """
+    from .registry import canonical_name  # the registry imports this module
+
+    size = data["img_size"]
+    img_size = int(size) if np.isscalar(size) else int(size[0])
+    dataset = data.get("dataset")
+    recorded = data.get("dataset_options") if dataset and canonical_name(str(dataset)) == "cluttered-mnist" else None
     options = {k: recorded[k] for k in CANVAS_FIELDS if k in recorded} if recorded else {}
     # A record without a canvas size (written when only some options were set) still means the model's size.
     options.setdefault("canvas_size", int(img_size))

@@ -26,14 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for eval.json and confusion_matrix.png (default runs/eval/<checkpoint>-<dataset>)")
 
 
-def _dataset_options(args: argparse.Namespace, saved: Dict[str, Any], dataset: str, img_size: int) -> Dict[str, Any]:
-    recorded = saved.get("dataset_options") if dataset == saved.get("dataset") else None
+def _dataset_options(args: argparse.Namespace, data: Dict[str, Any], dataset: str) -> Dict[str, Any]:
     if dataset == "cluttered-mnist":
         from ..data import canvas_options_for
 
         # The checkpoint's own test canvases; a model trained on something else gets canvases of its input size.
-        options: Dict[str, Any] = canvas_options_for(recorded, img_size)
+        options: Dict[str, Any] = canvas_options_for(data)
     else:
+        recorded = data.get("dataset_options") if dataset == data.get("dataset") else None
         options = {k: v for k, v in (recorded or {}).items() if k != "seed"}
     for text in args.option:
         path, value = parse_override(text)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         saved = saved_data(checkpoint.config)
         name = canonical_name(args.dataset or saved.get("dataset") or "")
-        options = _dataset_options(args, saved, name, int(data_config_for(checkpoint)["img_size"][0]))
+        options = _dataset_options(args, data_config_for(checkpoint), name)
         info = dataset_info(name, root=args.data_root, **options)
         if args.download:
             options["download"] = True

@@ -131,20 +131,17 @@ class Trainer:
         eval_options = dict(options)
         if self.dataset_name == "cluttered-mnist":
             train_options.setdefault("seed", cfg.seed)  # the canvas stream follows the run's seed
-            self.dataset_record = {**train_options}
-        else:
-            self.dataset_record = {**options}
-            if cfg.download:
-                train_options["download"] = eval_options["download"] = True
+        elif cfg.download:
+            train_options["download"] = eval_options["download"] = True
         if self.dataset_name in ("cifar10", "cifar100", "imagefolder"):
             train_options["transform"] = self._pil_train_transform()
         self.train_set = build_dataset(self.dataset_name, "train", root=cfg.data_root, **train_options)
         self.eval_set = build_dataset(self.dataset_name, cfg.eval_split, root=cfg.data_root, **eval_options)
+        # Record every option as used where the dataset resolves them (cluttered-mnist: defaults and the stream's
+        # seed included), so the checkpoint still describes its canvases if a later version changes a default.
         resolved = getattr(self.train_set, "options", None)
-        if dataclasses.is_dataclass(resolved):
-            # Record every option as used, defaults included, so the checkpoint still describes its canvases
-            # if a later version changes a default.
-            self.dataset_record = json.loads(json.dumps(dataclasses.asdict(resolved)))
+        self.dataset_record = (json.loads(json.dumps(dataclasses.asdict(resolved)))
+                               if dataclasses.is_dataclass(resolved) else dict(options))
         self.sampler = DistributedSampler(self.train_set, num_replicas=self.context.world_size,
                                           rank=self.context.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.steps_per_epoch = len(self.sampler) // cfg.batch_size

@@ -160,7 +160,7 @@ def test_default_geometry_is_the_full_design_task() -> None:
 def test_canvas_options_for_a_model_follow_its_record_or_its_input_size() -> None:
     recorded = {"canvas_size": 48, "scale_range": (1.3, 1.5), "fragments": 2, "fragment_size": 6, "max_shift": 4,
                 "position_step": 1, "epoch_size": 8000, "test_size": 1000, "seed": 3}
-    options = canvas_options_for(recorded, 48)
+    options = canvas_options_for({"dataset": "cluttered-mnist", "dataset_options": recorded, "img_size": [48, 48]})
     # The stream's seed and epoch size choose training canvases; they do not shape a test canvas.
     assert "seed" not in options and "epoch_size" not in options
     assert options["scale_range"] == [1.3, 1.5] and options["max_shift"] == 4
@@ -168,10 +168,12 @@ def test_canvas_options_for_a_model_follow_its_record_or_its_input_size() -> Non
     same = ClutteredMNIST("test", **{k: v for k, v in recorded.items() if k != "seed"})
     assert torch.equal(recorded_set[7][0], same[7][0])
     # A model not trained on cluttered-mnist: canvases of its input size, the digit scaled down to fit.
-    small = canvas_options_for(None, 32)
+    small = canvas_options_for({"img_size": 32})
     assert small["canvas_size"] == 32 and small["scale_range"][1] <= 40 / 28
     image, _, box = ClutteredMNIST("test", **small)[0]
     assert image.shape == (1, 32, 32) and int(box[2]) <= 32 and int(box[3]) <= 32
     # A partial record (only the stream's seed): the model's own input size, not the 64 px default.
-    partial = canvas_options_for({"seed": 0}, 32)
+    partial = canvas_options_for({"dataset": "cluttered-mnist", "dataset_options": {"seed": 0}, "img_size": 32})
     assert partial == small
+    # Options recorded for another dataset say nothing about canvases.
+    assert canvas_options_for({"dataset": "mnist", "dataset_options": recorded, "img_size": 32}) == small

@@ -60,7 +60,7 @@ def test_test_accuracy_is_what_the_model_card_states(pair: dict, name: str) -> N
     checkpoint = pair[name]
     data = data_config_for(checkpoint)
     assert data["dataset"] == "cluttered-mnist" and data["dataset_options"]["test_size"] == 1000
-    options = canvas_options_for(data["dataset_options"], int(data["img_size"][0]))
+    options = canvas_options_for(data)
     images, labels, _ = fixed_test_set(**options)
     dataset = torch.utils.data.TensorDataset(images, labels)
     result = evaluate(checkpoint.model, dataset, 10, data["mean"], data["std"], batch_size=250)

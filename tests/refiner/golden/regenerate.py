@@ -33,7 +33,7 @@ def golden_tensors(directory: Path) -> Dict[str, np.ndarray]:
 
     checkpoint = refiner.load_checkpoint(directory)
     data = data_config_for(checkpoint)
-    options = canvas_options_for(data.get("dataset_options"), int(data["img_size"][0]))
+    options = canvas_options_for(data)
     images, labels, _ = fixed_test_set(**options)
     batch = normalize_batch(images[:CANVASES], data["mean"], data["std"])
     with torch.no_grad(), capture_attention(checkpoint.model, blocks=[0, -1], query_rows=[0]) as rec:
