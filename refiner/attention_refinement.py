@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .refinement_autograd import ExpandNormReLU6, NormReLU6, ReduceNorm, update_running_stats
+
 Layout = Literal["sequence", "spatial"]
 LAYOUTS: Tuple[str, ...] = ("sequence", "spatial")
 
@@ -75,42 +77,70 @@ class AttentionRefinement(nn.Module):
         Returns:
             (B, H, N, N) refinement term; it is not a probability matrix.
         """
-        # Work channels-last: the head axis is the innermost one, so the two 1x1 convolutions are plain
-        # matmuls (F.linear) and the depthwise conv and BatchNorm take oneDNN's fast NHWC paths; about 2x
-        # faster on a CPU than NCHW convolutions (benchmarks/core_overhead.py).
-        heads, channels = self.num_heads, self.expand.out_channels
         if not self.training:
             return self._forward_folded(attn, num_prefix_tokens, grid_size)
-        x = F.linear(attn.permute(0, 2, 3, 1), self.expand.weight.view(channels, heads))  # (B, N, N, rH)
-        # In-place ReLU6 is safe after BatchNorm (its backward keeps its input, not its output) and saves a
-        # (B, rH, N, N) allocation each time.
-        x = F.relu6(self.expand_norm(x.permute(0, 3, 1, 2)), inplace=True)  # (B, rH, N, N), channels-last
+        device = attn.device.type
+        if torch.is_autocast_enabled(device):
+            # The Body runs in fp32 under autocast (as BatchNorm would): its statistics need it, and it is
+            # memory-bound, so lower precision would buy little.
+            with torch.autocast(device, enabled=False):
+                return self._forward_train(attn.float(), num_prefix_tokens, grid_size)
+        return self._forward_train(attn, num_prefix_tokens, grid_size)
+
+    def _forward_train(self, attn: torch.Tensor, num_prefix_tokens: int,
+                       grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """Training-mode forward (batch statistics, running statistics updated) with hand-written autograd.
+
+        Same values and gradients as the stack of ``nn`` layers; see `refiner.refinement_autograd`.
+        """
+        b, heads, n, _ = attn.shape
+        channels, pixels = self.expand.out_channels, n * n
+        count = b * pixels
+        weight = self.expand.weight.view(channels, heads)
+        norm = self.expand_norm
+        x, mean, var = ExpandNormReLU6.apply(attn.reshape(b, heads, pixels), weight, norm.weight, norm.bias,
+                                             norm.eps)
+        update_running_stats(norm, mean, var, count)
+        x = x.view(b, n, n, channels).permute(0, 3, 1, 2)  # (B, rH, N, N), channels-last
         if self.layout == "sequence":
             x = self.local(x)
         else:
             x = self._local_spatial(x, num_prefix_tokens, grid_size)
-        x = F.relu6(self.local_norm(x), inplace=True)
-        x = F.linear(x.permute(0, 2, 3, 1), self.reduce.weight.view(heads, channels))  # (B, N, N, H)
-        return self.reduce_norm(x.permute(0, 3, 1, 2))
+        norm = self.local_norm
+        # A view when x is channels-last (oneDNN's depthwise convolution keeps the layout).
+        x, mean, var = NormReLU6.apply(x.permute(0, 2, 3, 1).reshape(count, channels), norm.weight, norm.bias,
+                                       norm.eps)
+        update_running_stats(norm, mean, var, count)
+        norm = self.reduce_norm
+        out, mean, var = ReduceNorm.apply(x.view(b, pixels, channels), self.reduce.weight.view(heads, channels),
+                                          norm.weight, norm.bias, norm.eps)
+        update_running_stats(norm, mean, var, count)
+        return out.view(b, heads, n, n)
 
     def _forward_folded(self, attn: torch.Tensor, num_prefix_tokens: int,
                         grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
         """Eval-mode forward with each BatchNorm folded into the conv before it (same result, 3 fewer passes)."""
-        heads, channels = self.num_heads, self.expand.out_channels
+        b, heads, n, _ = attn.shape
+        channels, pixels = self.expand.out_channels, n * n
         scale1, shift1 = _bn_affine(self.expand_norm)
         scale2, shift2 = _bn_affine(self.local_norm)
         scale3, shift3 = _bn_affine(self.reduce_norm)
-        x = F.linear(attn.permute(0, 2, 3, 1), self.expand.weight.view(channels, heads) * scale1[:, None], shift1)
-        x = F.relu6(x.permute(0, 3, 1, 2))
+        weight1 = self.expand.weight.view(channels, heads) * scale1[:, None]
+        # The same copy-free layouts as in training: (B, H, N*N) -> channels-last (B, N*N, rH) -> (B, H, N*N).
+        # In-place ReLU6 only on fresh outputs whose producers do not need them for a backward pass.
+        x = torch.baddbmm(shift1.expand(b, pixels, channels), attn.reshape(b, heads, pixels).transpose(1, 2),
+                          weight1.t().expand(b, heads, channels))
+        x = F.relu6(x, inplace=True).view(b, n, n, channels).permute(0, 3, 1, 2)
         if self.layout == "sequence":
             x = F.conv2d(x, self.local.weight * scale2.view(-1, 1, 1, 1), shift2, padding=self.kernel // 2,
                          groups=channels)
         else:
             x = self._local_spatial(x, num_prefix_tokens, grid_size)
             x = x * scale2.view(1, -1, 1, 1) + shift2.view(1, -1, 1, 1)
-        x = F.relu6(x)
-        x = F.linear(x.permute(0, 2, 3, 1), self.reduce.weight.view(heads, channels) * scale3[:, None], shift3)
-        return x.permute(0, 3, 1, 2)
+        x = F.relu6(x, inplace=True).permute(0, 2, 3, 1).reshape(b, pixels, channels)
+        weight3 = self.reduce.weight.view(heads, channels) * scale3[:, None]
+        out = torch.baddbmm(shift3[:, None], weight3.expand(b, heads, channels), x.transpose(1, 2))
+        return out.view(b, heads, n, n)
 
     def _local_spatial(self, x: torch.Tensor, num_prefix_tokens: int,
                        grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
@@ -146,3 +176,4 @@ def _bn_affine(norm: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) such that eval-mode ``norm(x) == x * scale + shift`` per channel."""
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     return scale, norm.bias - norm.running_mean * scale
+
