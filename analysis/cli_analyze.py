@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from refiner import LoadedModel
 from refiner.checkpoint import sha256_of_file
 
 from .attention_metrics import MetricSettings
@@ -40,8 +41,9 @@ DEFAULT_FORMATS = "png,svg,pdf,html"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``refiner analyze`` options."""
     source = parser.add_argument_group("what to analyse")
-    source.add_argument("--model", action="append", default=[], metavar="[LABEL=]SPEC",
-                        help="checkpoint directory or model name; repeat for several models (e.g. vanilla, refined)")
+    source.add_argument("--model", action="append", default=[], metavar="[LABEL=]SOURCE",
+                        help="a checkpoint or hub folder, a weights file (ARCH@FILE), a timm name or hf-hub: id, "
+                             "random:NAME; repeat for several models (e.g. vanilla, refined)")
     inputs = source.add_mutually_exclusive_group()
     inputs.add_argument("--images", type=Path, metavar="DIR", help="folder of images (jpg, png, webp, bmp, gif, tiff)")
     inputs.add_argument("--dataset", metavar="NAME", help="a refiner dataset, e.g. cluttered-mnist (test split)")
@@ -54,7 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--max-images", type=int, default=1000, help="dataset images to analyse (default 1000)")
     source.add_argument("--boxes", type=Path, default=None,
                         help="JSON {file name: [x0, y0, x1, y1]} object boxes in original image pixels (--images)")
-    source.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for model names")
 
     metric = parser.add_argument_group("metric settings (DESIGN section 5)")
     defaults = MetricSettings()
@@ -90,74 +91,52 @@ def settings_from_args(args: argparse.Namespace) -> MetricSettings:
 
 
 # ------------------------------------------------------------------------------------------------- models
-@dataclass
-class LoadedModel:
-    """A model ready for analysis and what the manifest records about it."""
+def load_model(spec: str, seed: int = 0) -> LoadedModel:
+    """``[LABEL=]SOURCE`` through `refiner.load_model` (every source kind the app's Models page takes).
 
-    label: str
-    model: nn.Module
-    data: Dict[str, Any]
-    record: Dict[str, Any]
-
-
-def data_config(checkpoint_or_model: Any) -> Dict[str, Any]:
-    """Preprocessing of a checkpoint or model: `refiner.image_input.data_config_for`, which reads the trainer's
-    ``extra["data"]`` (and the older flat layout), plus ``dataset_options`` ({} when none was recorded)."""
-    from refiner.image_input import data_config_for
-
-    data = data_config_for(checkpoint_or_model)
-    data["dataset_options"] = dict(data.get("dataset_options") or {})
-    return data
-
-
-def load_model(spec: str, pretrained: bool = False, seed: int = 0) -> LoadedModel:
-    """``[LABEL=]SPEC``: a checkpoint directory or a model name.
-
-    A model built from a name without pretrained weights is initialised under ``torch.manual_seed(seed)``,
-    so the same command (or ``--manifest``) gives the same random weights and the same figures.
+    Random weights (``random:NAME`` and our registered names) are drawn under ``torch.manual_seed(seed)``, so
+    the same command (or ``--manifest``) gives the same weights and the same figures.
 
     Raises:
-        ValueError: neither a checkpoint nor a known model name (the message says which was tried).
+        ValueError: the source cannot be loaded (the message says what was expected).
     """
     import refiner
+
+    try:
+        return refiner.load_model(spec, seed=seed)
+    except refiner.ModelSourceError as error:
+        raise ValueError(f"--model {spec!r}: {error}") from None
+
+
+def model_record(loaded: LoadedModel) -> Dict[str, Any]:
+    """What the manifest records about one model: its `refiner.ModelInfo` record, the label, a source that
+    reloads it from anywhere (absolute paths), and ``state_sha256`` (the weights' own hash, for ``--manifest``)."""
     from .export import state_dict_sha256
 
-    label, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
-    path = Path(target)
-    if path.exists():
-        checkpoint = refiner.load_checkpoint(path)
-        model = checkpoint.model.eval()
-        label = label or path.name
-        record = {"label": label, "source": str(path.resolve()), "kind": "checkpoint",
-                  "model_spec": checkpoint.config.get("model"),
-                  "weights_sha256": checkpoint.config.get("weights_sha256")}
-        data = data_config(checkpoint)
-    else:
-        try:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = refiner.create_model(target, pretrained=pretrained).eval()
-        except ValueError as error:
-            raise ValueError(f"--model {target!r} is neither an existing checkpoint directory nor a model name: "
-                             f"{error}") from error
-        label = label or target
-        record = {"label": label, "source": target, "kind": "name", "pretrained": pretrained, "init_seed": seed,
-                  "model_spec": getattr(model, "model_spec", None), "weights_sha256": None}
-        data = data_config(model)
-    record["state_sha256"] = state_dict_sha256(model)
-    record["preprocessing"] = {k: v for k, v in data.items() if k != "class_names"}
-    return LoadedModel(label=label, model=model, data=data, record=record)
+    info = loaded.info
+    record = {"label": loaded.label, **info.record(), "source": _absolute_source(info.source),
+              "architecture": info.name, "model_spec": info.config.get("model"),
+              "state_sha256": state_dict_sha256(loaded.model)}
+    record["preprocessing"] = {k: v for k, v in info.data.items() if k != "class_names"}
+    return record
 
 
-def _unique_labels(models: List[LoadedModel]) -> None:
+def _absolute_source(source: str) -> str:
+    """The source with a local path made absolute (``ARCH@FILE`` keeps its architecture)."""
+    arch, at, rest = source.partition("@")
+    if at and arch and "/" not in arch and Path(rest).exists():
+        return f"{arch}@{Path(rest).resolve()}"
+    return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def _unique_labels(models: List[LoadedModel]) -> List[LoadedModel]:
+    """The models with repeated labels made unique ("x", "x-2", ...)."""
     seen: Dict[str, int] = {}
+    out = []
     for m in models:
-        if m.label in seen:
-            seen[m.label] += 1
-            m.label = f"{m.label}-{seen[m.label]}"
-            m.record["label"] = m.label
-        else:
-            seen[m.label] = 1
+        seen[m.label] = seen.get(m.label, 0) + 1
+        out.append(m if seen[m.label] == 1 else m.relabel(f"{m.label}-{seen[m.label]}"))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -173,36 +152,24 @@ class ImageItem:
     record: Dict[str, Any] = field(default_factory=dict)
 
 
-def _fit_box(box: Sequence[float], size: Tuple[int, int], target: Tuple[int, int]) -> Tuple[float, ...]:
-    """Map a box from original pixels into the model input made by `refiner.image_input.fit_to_model`
-    (shorter side resized, longer side centre-cropped)."""
-    (w, h), (tw, th) = size, target
-    scale = max(tw / w, th / h)
-    dx, dy = (w * scale - tw) / 2, (h * scale - th) / 2
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return (min(max(x0 * scale - dx, 0), tw), min(max(y0 * scale - dy, 0), th),
-            min(max(x1 * scale - dx, 0), tw), min(max(y1 * scale - dy, 0), th))
-
-
 def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str, Sequence[float]]
                        ) -> Iterator[ImageItem]:
     """Images of a folder (sorted by name) read safely; unreadable files are skipped with a message."""
-    from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError, fit_to_model, load_image, preprocess
+    from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError, load_image
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in ACCEPTED_EXTENSIONS)
     if not files:
         raise ValueError(f"no images ({', '.join(ACCEPTED_EXTENSIONS)}) in {folder}")
-    reference = models[0].data
+    reference = models[0].info
     for path in files:
         try:
             image = load_image(path)
-            inputs = {m.label: preprocess(image, m.data) for m in models}
-            picture = np.asarray(fit_to_model(image, reference))
+            inputs = {m.label: m.info.transform(image) for m in models}
+            picture = np.asarray(reference.view(image))
         except (ImageInputError, ValueError) as error:
             print(f"skipping {path.name}: {error}", file=sys.stderr)
             continue
-        target = (int(reference["img_size"][1]), int(reference["img_size"][0]))
-        box = _fit_box(boxes[path.name], image.size, target) if path.name in boxes else None
+        box = reference.preprocessing.map_box(boxes[path.name], image.size) if path.name in boxes else None
         yield ImageItem(name=path.stem, inputs=inputs, picture=picture, box=box, label=None,
                         record={"path": str(path.resolve()), "sha256": sha256_of_file(path),
                                 "box_input_pixels": list(box) if box else None})
@@ -261,10 +228,10 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     settings = settings_from_args(args)
-    models = [load_model(spec, args.pretrained, args.seed) for spec in args.model]
-    _unique_labels(models)
+    models = _unique_labels([load_model(spec, args.seed) for spec in args.model])
+    records = {m.label: model_record(m) for m in models}
     if expected is not None:
-        _verify_models(models, expected)
+        _verify_models(records, expected)
     modules = {m.label: m.model for m in models}
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +318,7 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     for path in export.write_figures(pending, out / "figures", formats, args.scale, shared_plotlyjs=True):
         files[str(path.relative_to(out))] = path
     manifest = export.build_manifest(
-        [m.record for m in models], image_records, {m.label: m.record["preprocessing"] for m in models},
+        list(records.values()), image_records, {label: r["preprocessing"] for label, r in records.items()},
         settings.to_dict(), files=list(files),
         extra={"source": source, "cli": _cli_record(args), "images_analysed": analysis.images if analysis else 0})
     (out / export.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
@@ -458,12 +425,14 @@ def _remake(args: argparse.Namespace) -> int:
 
 
 def _model_spec(record: Dict[str, Any]) -> str:
-    """A ``--model`` spec from a manifest's model record (CLI records, or the app's "timm:"/"dir:" sources)."""
+    """The source that reloads a manifest's model (`refiner.load_model` takes the app's and the CLI's strings).
+
+    Manifests written before the loading seam recorded names built without weights as ``kind: "name"`` with
+    ``pretrained: false``; those are random weights (``random:NAME``) and stay so.
+    """
     source = str(record["source"])
-    if source.startswith("timm:"):
-        return source[len("timm:"):]
-    if source.startswith("dir:"):
-        return str(Path(source[len("dir:"):]).expanduser())
+    if record.get("kind") in ("name", "random") and not record.get("pretrained") and ":" not in source:
+        return f"random:{source}"
     if record.get("kind") == "checkpoint" and not Path(source).exists():
         # The app names shipped checkpoints by folder name under checkpoints/.
         for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
@@ -497,13 +466,14 @@ def _bundle_items(path: Path, manifest: Dict[str, Any]) -> List[ImageItem]:
                       record={"sha256": image.get("sha256"), "from_bundle": str(path)})]
 
 
-def _verify_models(models: List[LoadedModel], manifest: Dict[str, Any]) -> None:
+def _verify_models(records: Dict[str, Dict[str, Any]], manifest: Dict[str, Any]) -> None:
+    """Refuse when a re-loaded model's weights are not the ones the manifest recorded."""
     recorded = {m["label"]: m for m in manifest["models"]}
-    for m in models:
-        want = recorded.get(m.label, {}).get("state_sha256")
-        if want and want != m.record["state_sha256"]:
-            raise ValueError(f"model {m.label!r} from {m.record['source']} has different weights than the manifest "
-                             f"records (state sha256 {m.record['state_sha256'][:12]} != {want[:12]}); "
+    for label, record in records.items():
+        want = recorded.get(label, {}).get("state_sha256")
+        if want and want != record["state_sha256"]:
+            raise ValueError(f"model {label!r} from {record['source']} has different weights than the manifest "
+                             f"records (state sha256 {record['state_sha256'][:12]} != {want[:12]}); "
                              "the figures would not be the same")
 
 

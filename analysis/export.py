@@ -28,6 +28,8 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
+from refiner.weights_hash import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
+
 from .attention_metrics import METRICS
 from .dataset import DatasetAnalysis
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
@@ -300,18 +302,6 @@ def maps_npz_bytes(result: ImageAnalysis) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ manifest
-def state_dict_sha256(model: nn.Module) -> str:
-    """SHA-256 over a model's state dict (sorted names, dtypes, shapes and bytes): identifies the weights of
-    any model, also one built from a name rather than loaded from a checkpoint file."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # reshape(-1) first: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def library_versions() -> Dict[str, str]:
     """Versions of everything that shapes the numbers and figures."""
     from importlib.metadata import PackageNotFoundError, version

@@ -19,10 +19,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import export
+from refiner import LoadedModel
 
 from .images import ImageItem
 from .maps import ModelView
-from .sources import LoadedModel, source_path
+from .sources import source_path
 
 BUNDLE_FORMATS = ("png", "svg", "pdf", "html")
 DEFAULT_BUNDLE_FORMATS = ("png", "html")  # static SVG/PDF cost seconds per figure; each figure offers them alone
@@ -68,14 +69,17 @@ def model_record(slot: str, model: LoadedModel, label: str) -> Dict[str, Any]:
     ``refiner analyze --manifest`` loads the same weights wherever the app's checkpoint root was;
     ``app_source`` is the app's own short name for it (as in the page URL).
     """
-    path = source_path(model.source)
-    return {"label": label, "slot": slot, "app_source": model.source,
-            "source": str(path.resolve()) if path is not None else model.source,
-            "kind": "name" if path is None else "checkpoint",
-            "architecture": model.architecture, "model_spec": model.config.get("model"),
-            "weights_sha256": model.weights_sha256 or None,
-            "state_sha256": export.state_dict_sha256(model.model), "num_params": model.num_params,
-            "preprocessing": {k: v for k, v in model.data.items() if k != "class_names"}}
+    info = model.info
+    path = source_path(info.source)
+    arch, at, _ = info.source.partition("@")
+    resolved = str(path.resolve()) if path is not None else info.source
+    if path is not None and at and arch and "/" not in arch:
+        resolved = f"{arch}@{resolved}"  # a weights file keeps its architecture
+    return {"label": label, "slot": slot, "app_source": info.source, "source": resolved, "kind": info.kind,
+            "architecture": info.name, "model_spec": info.config.get("model"),
+            "weights_sha256": info.weights_sha256 or None,
+            "state_sha256": export.state_dict_sha256(model.model), "num_params": info.num_params,
+            "preprocessing": {k: v for k, v in info.data.items() if k != "class_names"}}
 
 
 def image_record(item: ImageItem, views: Sequence[ModelView], labels: Sequence[str]) -> Dict[str, Any]:

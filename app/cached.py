@@ -18,7 +18,7 @@ from .sources import LoadedModel, load_source
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
 def get_model(source: str) -> LoadedModel:
-    """The model of a source, loaded once per process (raises `app.sources.SourceError`)."""
+    """The model of a source, loaded once per process (raises `refiner.ModelSourceError`)."""
     return load_source(source)
 
 

@@ -15,9 +15,8 @@ from PIL import Image
 
 import refiner
 from analysis.rollout import fuse_heads
-from refiner.image_input import fit_to_model, preprocess
+from refiner import LoadedModel
 
-from .sources import LoadedModel
 
 HeadChoice = Union[int, str]  # a head index, or "mean" / "max" fusion over heads
 
@@ -75,15 +74,16 @@ def run_model(loaded: LoadedModel, image: Image.Image) -> ModelView:
     Raises:
         refiner.image_input.ImageInputError: if the image is smaller than one patch of the model.
     """
-    x = preprocess(image, loaded.data)
-    picture = np.asarray(fit_to_model(image, loaded.data).convert("RGB"))
+    x = loaded.info.transform(image)
+    picture = np.asarray(loaded.info.view(image).convert("RGB"))
+    device = next(loaded.model.parameters()).device
     with refiner.capture_attention(loaded.model) as rec:
-        logits = loaded.model(x[None])
+        logits = loaded.model(x[None].to(device))
     meta = rec.meta
-    effective = np.stack([m[0].numpy() for m in rec.effective]).astype(np.float32)
+    effective = np.stack([m[0].cpu().numpy() for m in rec.effective]).astype(np.float32)
     has_softmax = np.array([m is not None for m in rec.softmax])
-    softmax = np.stack([(s if s is not None else e)[0].numpy() for s, e in zip(rec.softmax, rec.effective)])
-    return ModelView(probs=logits.softmax(-1)[0].numpy(), softmax=softmax.astype(np.float32),
+    softmax = np.stack([(s if s is not None else e)[0].cpu().numpy() for s, e in zip(rec.softmax, rec.effective)])
+    return ModelView(probs=logits.float().softmax(-1)[0].cpu().numpy(), softmax=softmax.astype(np.float32),
                      effective=effective, has_softmax=has_softmax, refined=np.array(meta.refined),
                      num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
                      patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy())

@@ -32,7 +32,8 @@ def warm_up() -> List[str]:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     from app import cached
     from app.images import canvas_key, sample_keys
-    from app.sources import DEFAULT_PAIR, SourceError, shipped_sources
+    from app.sources import DEFAULT_PAIR, shipped_sources
+    from refiner import ModelSourceError
 
     shipped = shipped_sources()
     pair = DEFAULT_PAIR if set(DEFAULT_PAIR) <= set(shipped) else tuple(shipped[:1] + shipped[-1:])
@@ -41,7 +42,7 @@ def warm_up() -> List[str]:
     for source in dict.fromkeys(pair):
         try:
             model = cached.get_model(source)
-        except SourceError:
+        except ModelSourceError:
             continue
         # The sidebar draws every slot's samples with model A's canvas options; do the same so cache keys match.
         canvas = canvas or canvas_key(model.data)

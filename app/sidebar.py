@@ -12,13 +12,14 @@ from typing import List, Optional, Tuple
 import streamlit as st
 
 from analysis.similarity import align_layers
+from refiner import LoadedModel, ModelSourceError
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from . import cached
 from .images import ImageItem, canvas_key, describe_key, sample_keys, upload_key
 from .maps import ModelView, token_label
 from .selection import Selection, head_value, parse_head, parse_int, url_changes
-from .sources import DEFAULT_PAIR, LoadedModel, SourceError, missing_default_message, shipped_sources
+from .sources import DEFAULT_PAIR, missing_default_message, shipped_sources
 
 UPLOAD_WIDGET = "upload"
 EXTRA_SOURCES = "extra_sources"   # sources added on the Models page (short strings)
@@ -96,7 +97,7 @@ def _on_upload() -> None:
 def _load(source: str, errors: List[str]) -> Optional[LoadedModel]:
     try:
         return cached.get_model(source)
-    except SourceError as error:
+    except ModelSourceError as error:
         errors.append(f"Model {source!r}: {error}")
         return None
 

@@ -1,9 +1,10 @@
 """Where the app's models come from, and loading them once per process.
 
-A model *source* is a short string, small enough for the URL:
-    "vanilla"            a checkpoint directory under the checkpoint root (default: the shipped pair)
-    "dir:/abs/path"      any local checkpoint directory (safetensors only: loading never runs code)
-    "timm:vit_small_patch16_224"   a timm model name with pretrained weights (needs a network or timm cache)
+A model *source* is a short string, small enough for the URL. The shipped checkpoint names ("vanilla",
+"refined", any folder under the checkpoint root) are the app's own shorthand; every other string is a
+`refiner.load_model` source, exactly as ``refiner analyze --model`` takes it: a checkpoint or hub folder,
+a weights file (``ARCH@FILE``), a timm name or ``hf-hub:`` id, ``random:NAME``. (``dir:PATH`` and
+``timm:NAME`` from older links still work.) Uploaded weights are never read: only paths on the server.
 
 The checkpoint root is ``$REFINER_APP_CHECKPOINTS`` if set (tests point it at tiny models), else
 ``<repo>/checkpoints``.
@@ -11,26 +12,19 @@ The checkpoint root is ``$REFINER_APP_CHECKPOINTS`` if set (tests point it at ti
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
-import torch
 from torch import nn
 
 import refiner
-from refiner.image_input import data_config_for
+from refiner import LoadedModel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS_ENV = "REFINER_APP_CHECKPOINTS"
 DEFAULT_PAIR = ("vanilla", "refined")
-
-
-class SourceError(ValueError):
-    """A model source that cannot be loaded, with the reason in words."""
 
 
 def checkpoint_root() -> Path:
@@ -58,53 +52,16 @@ def missing_default_message() -> Optional[str]:
             "Models page.")
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for inference, shared read-only by every session.
-
-    Attributes:
-        source: the source string it was loaded from.
-        label: short name for headings.
-        model: the module, in eval mode with gradients off.
-        data: preprocessing dict (`refiner.image_input.data_config_for`).
-        config: the checkpoint's config.json ({} for timm models).
-        metrics: the checkpoint's metrics.json ({} when absent).
-        weights_sha256: hash of the weights file (or of the state dict for timm models).
-        num_params: parameter count.
-    """
-
-    source: str
-    label: str
-    model: nn.Module = field(repr=False)
-    data: Dict[str, Any]
-    config: Dict[str, Any]
-    metrics: Dict[str, Any]
-    weights_sha256: str
-    num_params: int
-
-    @property
-    def class_names(self) -> List[str]:
-        """Names of the output classes (indices as text when the checkpoint has none)."""
-        names = self.data.get("class_names")
-        count = int(getattr(self.model, "num_classes", 0) or 0)
-        return list(names) if names else [str(i) for i in range(count)]
-
-    @property
-    def architecture(self) -> str:
-        """The registered model name."""
-        return str((self.config.get("model") or {}).get("name") or getattr(self.model, "default_cfg", {}).get(
-            "architecture", type(self.model).__name__))
-
-
 def source_path(source: str) -> Optional[Path]:
-    """The checkpoint directory of a source (None for timm names)."""
-    if source.startswith("timm:"):
-        return None
-    if source.startswith("dir:"):
-        return Path(source[4:]).expanduser()
-    if "/" in source or source in ("", ".", ".."):
-        raise SourceError(f"{source!r} is not a checkpoint name; use dir:/path for a directory")
-    return checkpoint_root() / source
+    """The local folder or file a source reads (None for names and hub ids)."""
+    if source in shipped_sources():
+        return checkpoint_root() / source
+    for prefix in ("dir:", "local-dir:"):
+        if source.startswith(prefix):
+            return Path(source[len(prefix):]).expanduser()
+    arch, at, rest = source.partition("@")
+    candidate = Path(rest if at and arch and "/" not in arch else source).expanduser()
+    return candidate if candidate.exists() else None
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -115,54 +72,21 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_source(source: str) -> LoadedModel:
+def load_source(source: str, device: str = "cpu") -> LoadedModel:
     """Load a model source (uncached; the app wraps this in ``st.cache_resource``).
 
+    Returns:
+        `refiner.LoadedModel` whose ``info.source`` is the app's source string (the cache key and URL value).
+
     Raises:
-        SourceError: unknown name, missing or broken checkpoint, timm weights unavailable.
+        refiner.ModelSourceError: whatever `refiner.load_model` refuses, with its message.
     """
+    source = source.strip()
+    target = str(checkpoint_root() / source) if source in shipped_sources() else source
+    loaded = refiner.load_model(target, device=device)
     path = source_path(source)
-    if path is None:
-        name = source[5:]
-        try:
-            model = refiner.create_model(name, pretrained=True)
-        except ValueError as error:
-            raise SourceError(str(error)) from None
-        except Exception as error:  # no network / no cached weights: say so instead of a traceback
-            raise SourceError(f"could not get pretrained weights for {name}: {error}") from None
-        digest = hashlib.sha256()
-        for key, tensor in sorted(model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().numpy().tobytes())
-        config, metrics, sha = {"model": {"name": name}}, {}, digest.hexdigest()
-        data = data_config_for(model)
-        label = name
-    else:
-        try:
-            checkpoint = refiner.load_checkpoint(path)
-        except refiner.CheckpointError as error:
-            raise SourceError(str(error)) from None
-        model, config, metrics = checkpoint.model, checkpoint.config, checkpoint.metrics
-        sha = str(config.get("weights_sha256", ""))
-        data = data_config_for(checkpoint)
-        label = path.name if not source.startswith("dir:") else f"{path.name} ({path.parent})"
-    model = _freeze(model)
-    return LoadedModel(source=source, label=label, model=model, data=data, config=config, metrics=metrics,
-                       weights_sha256=sha, num_params=sum(p.numel() for p in model.parameters()))
-
-
-def describe_checkpoint_dir(path: Path) -> Dict[str, Any]:
-    """config.json and metrics.json of a checkpoint directory without loading weights (for cards)."""
-    out: Dict[str, Any] = {"path": str(path)}
-    for name in ("config.json", "metrics.json"):
-        try:
-            out[name.split(".")[0]] = json.loads((path / name).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            out[name.split(".")[0]] = {}
-    return out
-
-
-@torch.no_grad()
-def predict(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (num_classes,) for one preprocessed (C, H, W) input."""
-    return loaded.model(x[None]).softmax(-1)[0]
+    label = source if source in shipped_sources() else loaded.label
+    if path is not None and source not in shipped_sources():
+        label = f"{loaded.label} ({path.parent})" if path.is_dir() else loaded.label
+    _freeze(loaded.model)
+    return dataclasses.replace(loaded, info=dataclasses.replace(loaded.info, source=source), label=label)

@@ -202,8 +202,9 @@ def _load_name(name: str, source: str, pretrained: bool, seed: int) -> Tuple[nn.
         try:
             create_model(name)  # raises ValueError with close matches
         except ValueError as error:
-            raise ModelSourceError(f"{error}; a source is also a checkpoint folder, a weights file (ARCH@FILE) "
-                                   "or a hub id (hf-hub:ORG/NAME)") from None
+            raise ModelSourceError(f"{name!r} is neither a file or folder nor a model name ({error}); a source is "
+                                   "a checkpoint or hub folder, a weights file (ARCH@FILE), a timm name, "
+                                   "hf-hub:ORG/NAME or random:NAME") from None
     has_weights = _has_pretrained_weights(name)
     if pretrained and (name in list_models() or not has_weights):
         pretrained = False  # our registered names (and bare architectures) have no released weights
@@ -472,30 +473,48 @@ def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- transformers
+# transformers classes a folder's config.json may name, by family (never a class from elsewhere).
+_HF_CLASS_PREFIXES = {"vit": "ViT", "deit": "DeiT", "dinov2": "Dinov2", "dinov2_with_registers": "Dinov2WithRegisters"}
+
+
 def _load_transformers_folder(path: Path, source: str, config: Mapping[str, Any]) -> Tuple[nn.Module, ModelInfo]:
-    """A Hugging Face ``save_pretrained`` folder of the ViT family (the optional ``[hf]`` extra)."""
-    from .hf_vit import SUPPORTED_MODEL_TYPES, hf_preprocessing, load_hf_folder
+    """A Hugging Face ``save_pretrained`` folder of the ViT family (the optional ``[hf]`` extra): the class its
+    config names (``architectures``), loaded by ``from_pretrained`` without remote code, wrapped as a ViT; the
+    preprocessing from its ``preprocessor_config.json`` (the family's processor defaults when there is none)."""
+    from .hf_vit import SUPPORTED_MODEL_TYPES, wrap_hf_model
 
     model_type = str(config.get("model_type"))
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelSourceError(f"{path} is a transformers {model_type!r} folder; supported are "
+        raise ModelSourceError(f"{path} is a transformers {model_type!r} folder; supported model types are "
                                f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     try:
-        model = load_hf_folder(path)
+        import transformers
     except ImportError:
         raise ModelSourceError(f"{path} is a Hugging Face transformers folder; install the optional extra "
-                               "(pip install 'refiner-attention[hf]' or pip install transformers)") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelSourceError(f"{path} could not be loaded with transformers: {error}") from None
+                               "(pip install 'refiner-attention[hf]', or pip install transformers)") from None
+    prefix = _HF_CLASS_PREFIXES[model_type]
+    names = [n for n in (config.get("architectures") or []) if isinstance(n, str)]
+    class_name = next((n for n in names if n.startswith(prefix) and not n[len(prefix):len(prefix) + 1].islower()),
+                      f"{prefix}Model")
+    hf_class = getattr(transformers, class_name, None)
+    if hf_class is None:
+        raise ModelSourceError(f"{path}: transformers {transformers.__version__} has no class {class_name}")
+    try:
+        hf_model = hf_class.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as error:  # transformers raises OSError/ValueError/... for damaged folders
+        raise ModelSourceError(f"{path} could not be loaded with transformers.{class_name}: "
+                               f"{type(error).__name__}: {error}") from None
+    processor_path = path / "preprocessor_config.json"
+    processor = _read_json(processor_path) if processor_path.is_file() else None
+    model = wrap_hf_model(hf_model.eval(), processor)
     weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
     from .checkpoint import sha256_of_file
 
-    id2label = config.get("id2label") or {}
-    names = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))] if id2label else None
-    return model, describe(model, name=f"transformers:{model_type}", source=source, kind="transformers",
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    return model, describe(model, name=f"transformers:{class_name}", source=source, kind="transformers",
                            weights=str(weights or path),
                            weights_sha256=sha256_of_file(weights) if weights else state_dict_sha256(model),
-                           preprocessing=hf_preprocessing(path, model), class_names=names, config=config)
+                           class_names=cfg.get("label_names"), config=config)
 
 
 # ---------------------------------------------------------------------------------------- description

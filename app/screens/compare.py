@@ -100,9 +100,9 @@ def render(ctx: Context) -> None:
             figure_exports(fig, f"overlay-{'ab'[slot]}-layer{layer + 1}", key=f"exp-overlay-{slot}")
             contents.figures[f"overlay-{'ab'[slot]}-layer{layer + 1}"] = fig
             contents.tables[f"query-map-{'ab'[slot]}"] = _grid_rows(model.label, grid_map)
-            predictions = top_k(view.probs, model.class_names, 5)
-            truth = model.class_names[ctx.item.label] if ctx.item.label is not None and \
-                ctx.item.label < len(model.class_names) else None
+            predictions = top_k(view.probs, model.info.class_names, 5)
+            truth = model.info.class_names[ctx.item.label] if ctx.item.label is not None and \
+                ctx.item.label < len(model.info.class_names) else None
             bars = top_k_bars(predictions, "Top-5 predictions", truth)
             st.plotly_chart(bars, key=f"top5-{slot}", config={"displayModeBar": False})
             figure_exports(bars, f"top5-{'ab'[slot]}", key=f"exp-top5-{slot}")

@@ -1,39 +1,47 @@
-"""Models: checkpoint cards and loading another checkpoint or a timm model (DESIGN section 6)."""
+"""Models: model cards and loading any other model source in one text box (DESIGN section 6)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from refiner import ModelSourceError
+
+from .. import cached
 from ..exports import table_exports
 from ..sidebar import EXTRA_SOURCES, Context
-from ..sources import SourceError, checkpoint_root, missing_default_message, shipped_sources
-from .. import cached
+from ..sources import checkpoint_root, missing_default_message, shipped_sources
 
 
 def _card(source: str) -> None:
     """One checkpoint's config, metrics and size."""
     try:
         model = cached.get_model(source)
-    except SourceError as error:
+    except ModelSourceError as error:
         st.error(f"{source}: {error}")
         return
+    info = model.info
     with st.container(border=True):
         st.subheader(model.label)
-        left, right = st.columns(2)
-        left.metric("Parameters", f"{model.num_params:,}")
-        accuracy = model.metrics.get("test_accuracy", model.metrics.get("accuracy"))
-        right.metric("Test accuracy", f"{accuracy:.2%}" if isinstance(accuracy, (int, float)) else "not recorded")
-        st.caption(f"Architecture `{model.architecture}`, source `{source}`, weights SHA-256 "
-                   f"`{model.weights_sha256[:16]}...`")
-        spec = model.config.get("model", {})
-        rows = [{"field": k, "value": str(v)} for k, v in {**{"name": spec.get("name")},
-                                                           **(spec.get("overrides") or {}),
-                                                           **({"refine": spec.get("refine")} if spec.get("refine") else {}),
-                                                           **{f"data.{k}": v for k, v in model.data.items()}}.items()]
-        rows += [{"field": f"metrics.{k}", "value": str(v)} for k, v in model.metrics.items()]
+        left, middle, right = st.columns(3)
+        left.metric("Parameters", f"{info.num_params:,}")
+        accuracy = info.metrics.get("test_accuracy", info.metrics.get("accuracy"))
+        middle.metric("Test accuracy", f"{accuracy:.2%}" if isinstance(accuracy, (int, float)) else "not recorded")
+        right.metric("Tokens", f"{info.num_tokens:,}")
+        st.caption(f"Architecture `{info.name}` ({info.kind}), source `{source}`, weights: {info.weights}, "
+                   f"SHA-256 `{info.weights_sha256[:16]}...`")
+        spec = info.config.get("model", {}) if info.kind == "checkpoint" else {}
+        fields = {"name": info.name, "kind": info.kind, "input_size": list(info.input_size),
+                  "patch_size": list(info.patch_size), "grid_size": list(info.grid_size),
+                  "num_prefix_tokens": info.num_prefix_tokens, "has_class_token": info.has_class_token,
+                  "num_classes": info.num_classes, **(spec.get("overrides") or {}),
+                  **({"refine": spec.get("refine")} if spec.get("refine") else {}),
+                  **{f"data.{k}": v for k, v in info.data.items()}}
+        rows = [{"field": k, "value": str(v)} for k, v in fields.items()]
+        rows += [{"field": f"metrics.{k}", "value": str(v)} for k, v in info.metrics.items()]
         table = pd.DataFrame(rows)
         with st.expander("Config and metrics"):
             st.dataframe(table, hide_index=True)
@@ -42,9 +50,11 @@ def _card(source: str) -> None:
 
 def _add_source(source: str) -> None:
     """Load a new source and offer it in the model slots of this session."""
+    if os.path.exists(os.path.expanduser(source)):
+        source = str(Path(source).expanduser().resolve())  # one spelling per folder, also in the URL
     try:
         cached.get_model(source)
-    except SourceError as error:
+    except ModelSourceError as error:
         st.error(str(error))
         return
     extra = list(st.session_state.get(EXTRA_SOURCES, []))
@@ -63,17 +73,16 @@ def render(ctx: Context) -> None:
     for source in list(dict.fromkeys(shipped_sources() + list(st.session_state.get(EXTRA_SOURCES, [])))):
         _card(source)
     st.header("Load another model")
-    with st.form("load-dir"):
-        directory = st.text_input("Local checkpoint directory (model.safetensors + config.json)",
-                                  placeholder="/path/to/checkpoint")
-        if st.form_submit_button("Load checkpoint") and directory.strip():
-            path = Path(directory.strip()).expanduser()
-            if not (path / "model.safetensors").is_file():
-                st.error(f"{path} holds no model.safetensors; the app loads weights only as safetensors.")
-            else:
-                _add_source(f"dir:{path.resolve()}")
-    with st.form("load-timm"):
-        name = st.text_input("timm model name (pretrained weights; needs a network or timm's cache)",
-                             placeholder="vit_small_patch16_224")
-        if st.form_submit_button("Load timm model") and name.strip():
-            _add_source(f"timm:{name.strip()}")
+    with st.form("load-source"):
+        source = st.text_input(
+            "Model source: a folder, a weights file, a timm name or a hub id",
+            placeholder="/path/to/checkpoint  ·  vit_small_patch16_224@/path/model_best.pth.tar  ·  "
+                        "vit_base_patch16_224  ·  hf-hub:timm/NAME  ·  random:vit_large_patch14_dinov2",
+            help="A checkpoint folder of this project, a timm hub folder (save_for_hf) or a Hugging Face "
+                 "transformers folder (ViT, DeiT, DINOv2); a weights file (.safetensors, .pth, .pth.tar: read "
+                 "without running code) as ARCH@FILE, or alone when it records its architecture (timm "
+                 "training checkpoints, the released Refiner-ViT); a timm name with pretrained weights (needs a "
+                 "network or timm's cache), hf-hub:ORG/NAME or local-dir:PATH; random:NAME for random weights. "
+                 "Paths are on the machine that runs the app; uploads of weights are not accepted.")
+        if st.form_submit_button("Load") and source.strip():
+            _add_source(source.strip())

@@ -1,4 +1,8 @@
-"""`refiner eval CHECKPOINT [--dataset NAME]`: accuracy, per-class accuracy and a confusion-matrix plot."""
+"""`refiner eval SOURCE [--dataset NAME]`: accuracy, per-class accuracy and a confusion-matrix plot.
+
+SOURCE is anything `refiner.load_model` takes (a checkpoint folder, a weights file, a timm name, ...); the
+dataset defaults to the one a checkpoint of ours was trained on.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from .config import ConfigError, parse_override
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the ``eval`` subcommand."""
-    parser.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")
+    parser.add_argument("checkpoint", metavar="SOURCE",
+                        help="checkpoint folder, weights file (ARCH@FILE), timm name, hub id (refiner.load_model)")
     parser.add_argument("--dataset", default=None,
                         help="dataset name (default: the one the checkpoint was trained on)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val for imagefolder)")
@@ -45,36 +50,35 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate; prints a summary and writes ``eval.json`` + ``confusion_matrix.png``. 2 on bad input."""
     import torch
 
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from ..image_input import data_config_for, saved_data
     from ..data import DatasetNotFoundError, build_dataset, canonical_name, dataset_info
+    from ..loading import ModelSourceError, load_model
     from .evaluation import evaluate, plot_confusion
 
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        saved = saved_data(checkpoint.config)
-        name = canonical_name(args.dataset or saved.get("dataset") or "")
-        options = _dataset_options(args, data_config_for(checkpoint), name)
+        loaded = load_model(args.checkpoint)
+        if not (args.dataset or loaded.info.dataset):
+            raise ValueError(f"{args.checkpoint} does not record the dataset it was trained on; give --dataset NAME")
+        name = canonical_name(args.dataset or loaded.info.dataset or "")
+        options = _dataset_options(args, loaded.info.data, name)
         info = dataset_info(name, root=args.data_root, **options)
         if args.download:
             options["download"] = True
         dataset = build_dataset(name, args.split, root=args.data_root, **options)
-    except (CheckpointError, ConfigError, DatasetNotFoundError, ValueError) as error:
+    except (ModelSourceError, ConfigError, DatasetNotFoundError, ValueError) as error:
         print(f"refiner eval: {error}", file=sys.stderr)
         return 2
-    model = checkpoint.model
+    model = loaded.model
     num_classes = int(getattr(model, "num_classes", info.num_classes))
     if num_classes != info.num_classes:
         print(f"refiner eval: the model has {num_classes} outputs but {name} has {info.num_classes} classes",
               file=sys.stderr)
         return 2
-    mean = saved.get("mean", info.mean)
-    std = saved.get("std", info.std)
+    mean, std = loaded.info.preprocessing.mean, loaded.info.preprocessing.std
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = evaluate(model.to(device), dataset, info.num_classes, mean, std, batch_size=args.batch_size, device=device)
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.checkpoint).resolve().name}-{name}"
     out.mkdir(parents=True, exist_ok=True)
-    class_names: List[str] = list(info.class_names) or list(saved.get("class_names") or [])
+    class_names: List[str] = list(info.class_names) or list(loaded.info.class_names)
     report = {"checkpoint": str(Path(args.checkpoint).resolve()), "dataset": name, "split": args.split,
               "dataset_options": {k: v for k, v in options.items() if k != "download"},
               **result.to_dict(class_names)}

@@ -87,7 +87,7 @@ def test_dataset_run_from_checkpoints(tmp_path) -> None:
 
 def test_clear_errors(tmp_path, capsys) -> None:
     assert run_cli(["--model", "no_such_model_xyz", "--images", tmp_path, "--out", tmp_path / "o"]) == 2
-    assert "neither an existing checkpoint directory nor a model name" in capsys.readouterr().err
+    assert "neither a file or folder nor a model name" in capsys.readouterr().err
     assert run_cli(["--images", tmp_path, "--out", tmp_path / "o"]) == 2
     (tmp_path / "m.json").write_text("{}")
     assert run_cli(["--manifest", tmp_path / "m.json"]) == 2
@@ -104,7 +104,7 @@ def test_manifest_of_an_app_bundle_is_remade_from_its_inputs(tmp_path) -> None:
     np.savez(arrays, **{"vanilla/input": image.numpy(), "vanilla/picture": np.zeros((32, 32, 3), np.uint8)})
     manifest = export.build_manifest(
         [{"label": "vanilla", "source": "timm:vit_micro_patch4_32", "kind": "name",
-          "state_sha256": model.record["state_sha256"]}],
+          "state_sha256": cli_analyze.model_record(model)["state_sha256"]}],
         [{"key": "sample", "sha256": "0" * 64, "box": [0, 0, 16, 16]}], {},
         {"normalize": "clip_rownorm", "map_kind": "difference", "layer": 2}, extra={"made_by": "refiner app"})
     export.write_bundle(tmp_path / "app.zip", {"maps/maps.npz": arrays.getvalue()}, manifest)

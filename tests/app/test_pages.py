@@ -102,7 +102,10 @@ def test_models_page_cards_and_bad_directory(app_env: Path, tmp_path: Path) -> N
     assert any(s.value == "vanilla" for s in at.subheader) and any(s.value == "refined" for s in at.subheader)
     at.text_input[0].set_value(str(tmp_path))  # a form submits its fields with the button, in one run
     at.button[0].click().run()
-    assert any("safetensors" in e.value for e in at.error)
+    assert any("not a model folder" in e.value and "config.json" in e.value for e in at.error)
+    before = list(at.sidebar.selectbox(key="a").options)
+    at.run()
+    assert list(at.sidebar.selectbox(key="a").options) == before  # a refused source changes nothing
 
 
 def test_models_page_loads_a_directory(app_env: Path) -> None:
@@ -111,9 +114,21 @@ def test_models_page_loads_a_directory(app_env: Path) -> None:
     at.text_input[0].set_value(str(app_env / "refined"))
     at.button[0].click().run()
     no_exceptions(at)
-    assert any("Loaded dir:" in s.value for s in at.success)
+    assert any(f"Loaded {app_env / 'refined'}" in s.value for s in at.success)
     at.run()  # the sidebar was drawn before the page loaded the model; the next run offers it
-    assert any(o.startswith("dir:") for o in at.sidebar.selectbox(key="a").options)
+    assert str(app_env / "refined") in at.sidebar.selectbox(key="a").options
+
+
+def test_models_page_takes_a_random_weights_name_and_refuses_a_bad_one(app_env: Path) -> None:
+    at = start()
+    at.switch_page("entries/models.py").run()
+    at.text_input[0].set_value("random:vit_micro_patch4_32")
+    at.button[0].click().run()
+    no_exceptions(at)
+    assert any("Loaded random:vit_micro_patch4_32" in s.value for s in at.success)
+    at.text_input[0].set_value("vit_micro_patch4_3")
+    at.button[0].click().run()
+    assert any("did you mean" in e.value for e in at.error)
 
 
 # Pure helpers behind the pages.
