@@ -31,12 +31,11 @@ def refine(model: nn.Module, blocks: Optional[Iterable[int]] = None, ratio: int 
         raise TypeError(f"refine() needs a timm VisionTransformer with .blocks, got {type(model).__name__}")
     depth = len(model.blocks)
     chosen = _resolve_blocks(blocks, depth)
+    _check_refinable(model, chosen)  # before touching any block: a refusal leaves the model as it was
     num_prefix = int(getattr(model, "num_prefix_tokens", 1))
     grid = model_grid_size(model)
     for index in chosen:
         block = model.blocks[index]
-        if isinstance(block.attn, RefinedAttention):
-            raise ValueError(f"block {index} is already refined")
         block.attn = RefinedAttention.from_attention(
             block.attn, ratio=ratio, kernel=kernel, layout=layout, num_prefix_tokens=num_prefix,
             grid_size=grid, zero_init=zero_init)
@@ -45,6 +44,38 @@ def refine(model: nn.Module, blocks: Optional[Iterable[int]] = None, ratio: int 
                       "zero_init": zero_init}
     model.model_spec = spec
     return model
+
+
+# Attention families refine() does not rewrite, and why (their maps are not softmax(q k^T) of plain q and k).
+_UNSUPPORTED = {
+    "EvaAttention": "rotary position embedding (eva, eva02, dinov3, vit_*_rope)",
+    "AttentionRope": "rotary position embedding (vit_*_rope, naflexvit)",
+    "RelPosAttention": "relative position bias (vit_relpos_*)",
+    "ClassAttn": "class attention (cait)",
+}
+
+
+def _check_refinable(model: nn.Module, chosen: Sequence[int]) -> None:
+    """Raise one TypeError naming every chosen block whose attention refine() cannot rewrite."""
+    from timm.layers import Attention
+
+    problems = {}
+    for index in chosen:
+        attn = getattr(model.blocks[index], "attn", None)
+        if isinstance(attn, RefinedAttention):
+            raise ValueError(f"block {index} is already refined")
+        if type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+            name = type(attn).__name__
+            module = type(attn).__module__
+            why = _UNSUPPORTED.get(name) or ("relative position bias (beit, beitv2)" if module.endswith(".beit")
+                                             else "gated attention" if type(attn) is Attention else
+                                             f"{module}.{name}")
+            problems.setdefault(f"{name}: {why}", []).append(index)
+    if problems:
+        listed = "; ".join(f"{what} in blocks {indices}" for what, indices in problems.items())
+        raise TypeError(f"refine() rewrites timm's plain multi-head Attention (ViT, DeiT, hybrid and register "
+                        f"ViTs); this model has {listed}, which it does not refine (the refined map would need "
+                        "that family's own q/k and bias handling). Nothing was changed.")
 
 
 def _resolve_blocks(blocks: Optional[Iterable[int]], depth: int) -> Sequence[int]:

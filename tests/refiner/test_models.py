@@ -102,3 +102,14 @@ def test_refined_effective_map_differs_from_softmax_and_is_not_stochastic() -> N
     eff, soft = rec.effective[1], rec.softmax[1]
     assert not torch.allclose(eff, soft)
     assert not torch.allclose(eff.sum(-1), torch.ones_like(eff.sum(-1)))
+
+
+@pytest.mark.parametrize("name, word", [("eva02_tiny_patch14_224", "rotary"), ("beit_base_patch16_224", "relative"),
+                                        ("vit_relpos_small_patch16_224", "relative")])
+def test_refine_refuses_other_attention_families_clearly_and_changes_nothing(name: str, word: str) -> None:
+    model = timm.create_model(name, pretrained=False, depth=2)
+    before = [type(b.attn) for b in model.blocks]
+    with pytest.raises(TypeError, match=word) as error:
+        refiner.refine(model)
+    assert "Nothing was changed" in str(error.value) and "blocks [0, 1]" in str(error.value)
+    assert [type(b.attn) for b in model.blocks] == before and getattr(model, "model_spec", None) is None
