@@ -61,8 +61,7 @@ class HFVisionTransformer(nn.Module):
                             f"supported; supported are {', '.join(SUPPORTED_MODEL_TYPES)}")
         self.hf_model = hf_model
         self.model_type = model_type
-        self._base = _base_model(hf_model)
-        self._is_classifier = self._base is not hf_model
+        self._is_classifier = _base_model(hf_model) is not hf_model
         self.num_reg_tokens = int(getattr(config, "num_register_tokens", 0) or 0) \
             if model_type == "dinov2_with_registers" else 0
         self.num_distill_tokens = 1 if model_type == "deit" else 0
@@ -76,12 +75,17 @@ class HFVisionTransformer(nn.Module):
         self.pretrained_cfg = _pretrained_cfg(config, model_type, processor, self.num_classes)
 
     @property
+    def base_model(self) -> nn.Module:
+        """The ViTModel/DeiTModel/Dinov2Model inside (not a registered submodule: its parameters are listed
+        once, under ``hf_model.``)."""
+        return _base_model(self.hf_model)
+
+    @property
     def blocks(self) -> nn.ModuleList:
         """The encoder layers (each returns its (B, N, D) tokens)."""
-        layers = getattr(self._base, "layers", None)
-        if layers is None:
-            layers = self._base.encoder.layer
-        return layers
+        base = self.base_model
+        layers = getattr(base, "layers", None)
+        return layers if layers is not None else base.encoder.layer
 
     def attention_modules(self) -> List[nn.Module]:
         """Each layer's attention module (``layer.attention``), in order."""

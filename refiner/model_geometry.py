@@ -151,7 +151,8 @@ def token_layout(model: nn.Module) -> TokenLayout:
         has_cls = getattr(model, "cls_token", None) is not None if hasattr(model, "cls_token") else num_prefix > 0
     num_distill = int(getattr(model, "num_distill_tokens", 1 if getattr(model, "dist_token", None) is not None
                               else 0))
-    num_reg = int(getattr(model, "num_reg_tokens", 0) or 0)
+    reg_token = getattr(model, "reg_token", None)  # (1, R, D) in timm ViTs and EVA (which has no count)
+    num_reg = int(getattr(model, "num_reg_tokens", reg_token.shape[1] if reg_token is not None else 0) or 0)
     if not has_cls and num_prefix == 0:
         num_reg = num_distill = 0
     return TokenLayout(num_prefix_tokens=num_prefix, class_token_index=0 if has_cls and num_prefix > 0 else None,
