@@ -9,7 +9,7 @@ figures can treat every metric alike.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +58,9 @@ METRICS: Dict[str, MetricInfo] = {
     "negative_fraction": MetricInfo(("layer", "head"), "negative-mass fraction"),
     "rollout": MetricInfo(("query", "key"), "attention rollout", summary=False),
     "rollout_cls": MetricInfo(("row", "col"), "rollout of the CLS query (share of patch mass)", summary=False),
+    # Models without a class token (register-only / global-average-pooled ViTs) get this instead.
+    "rollout_patch_mean": MetricInfo(("row", "col"), "rollout of the mean patch query (no CLS token)",
+                                     summary=False),
     "cls_in_box": MetricInfo(("layer", "head"), "CLS attention inside the box (share)"),
     "rollout_in_box": MetricInfo((), "rollout mass inside the box (share)"),
     "pointing_hit": MetricInfo((), "rollout maximum inside the box (0/1)"),
@@ -102,7 +105,8 @@ class MetricSettings:
 
 def compute_map_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int],
                         patch_size: Tuple[int, int], settings: MetricSettings = MetricSettings(),
-                        box: Optional[Sequence[float]] = None) -> Dict[str, np.ndarray]:
+                        box: Optional[Sequence[float]] = None, class_token_index: Optional[int] = 0
+                        ) -> Dict[str, np.ndarray]:
     """Every section 5 metric of one model's maps on one image.
 
     Args:
@@ -112,6 +116,10 @@ def compute_map_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[in
         patch_size: (ph, pw) in pixels.
         settings: `MetricSettings`.
         box: optional (x0, y0, x1, y1) object box in input pixels; adds the localisation keys.
+        class_token_index: the CLS token's index (0 for ViT/DeiT), or None for models without one (e.g.
+            registers with global average pooling). Without a CLS token the metrics defined on the CLS query
+            are left out (``cls_entropy``, the localisation keys) and the rollout map is that of the mean
+            patch query, under its own key ``rollout_patch_mean``, never under a CLS name.
 
     Returns:
         ``{key: array}`` with the axes given by `METRICS` (L layers, H heads, N tokens).
@@ -121,11 +129,18 @@ def compute_map_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[in
         raise ValueError(f"maps must be (L, H, N, N), got {maps.shape}")
     grid, patch_size = (int(grid[0]), int(grid[1])), (int(patch_size[0]), int(patch_size[1]))
     with single_blas_thread():
-        return _compute(maps, num_prefix_tokens, grid, patch_size, settings, box)
+        return _compute(maps, num_prefix_tokens, grid, patch_size, settings, box,
+                        class_token_index is not None and num_prefix_tokens > 0)
+
+
+def rollout_map(metrics: Mapping[str, np.ndarray]) -> Tuple[str, np.ndarray]:
+    """The rollout map of a metric table and what it is: ("rollout_cls" | "rollout_patch_mean", (Gh, Gw))."""
+    key = "rollout_cls" if "rollout_cls" in metrics else "rollout_patch_mean"
+    return key, np.asarray(metrics[key])
 
 
 def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], patch_size: Tuple[int, int],
-             settings: MetricSettings, box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
+             settings: MetricSettings, box: Optional[Sequence[float]], has_cls: bool) -> Dict[str, np.ndarray]:
     # Normalise once; every function below then runs with normalize="none" on the same rows, and the
     # unit-column maps are shared by the cross-layer and cross-head cosines.
     rows = normalize_rows(maps, settings.normalize)
@@ -149,7 +164,6 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         "effective_heads": effective_number_of_heads(rows, "none"),
         "distance_px": local.distance_px,
         "distance_patches": local.distance_patches,
-        "cls_entropy": local.cls_entropy,
         "patch_entropy": local.patch_entropy,
         "grid_mass": local.grid_mass,
         "band_mass": local.band_mass,
@@ -158,10 +172,13 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         # Negative mass is a property of the raw map, before any normalisation.
         "negative_fraction": negative_mass_fraction(maps),
         "rollout": rollout,
-        "rollout_cls": rollout_cls_map(rollout, num_prefix_tokens, grid) if num_prefix_tokens > 0
-        else rollout[num_prefix_tokens:, num_prefix_tokens:].mean(axis=0).reshape(grid),
     }
-    if box is not None and num_prefix_tokens > 0:
+    if has_cls:
+        out["cls_entropy"] = local.cls_entropy
+        out["rollout_cls"] = rollout_cls_map(rollout, num_prefix_tokens, grid)
+    else:
+        out["rollout_patch_mean"] = rollout[num_prefix_tokens:, num_prefix_tokens:].mean(axis=0).reshape(grid)
+    if box is not None and has_cls:
         loc = localisation(rows, rollout, box, num_prefix_tokens, grid, patch_size, "none")
         out.update(cls_in_box=loc.cls_in_box, rollout_in_box=np.float64(loc.rollout_in_box),
                    pointing_hit=np.float64(loc.pointing_hit), box_chance=np.float64(loc.chance))

@@ -476,7 +476,8 @@ def _accumulate_batch(model: nn.Module, images: torch.Tensor, labels: Optional[t
     for b in range(maps.shape[0]):
         box = boxes[b].tolist() if boxes is not None else None
         result.accumulators[name].add(compute_map_metrics(maps[b], meta.num_prefix_tokens, meta.grid_size,
-                                                          meta.patch_size, settings, box))
+                                                          meta.patch_size, settings, box,
+                                                          class_token_index=meta.class_token_index))
     if labels is not None:
         result.correct[name] = result.correct.get(name, 0) + int(
             (captured.logits.argmax(axis=1) == labels.numpy()).sum())

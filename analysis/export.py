@@ -30,7 +30,7 @@ from torch import nn
 
 from refiner.weights_hash import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
 
-from .attention_metrics import METRICS
+from .attention_metrics import METRICS, rollout_map
 from .dataset import DatasetAnalysis
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
 from .similarity import relative_depth
@@ -282,8 +282,8 @@ def maps_npz_bytes(result: ImageAnalysis) -> bytes:
     """Raw arrays of one image as a compressed NPZ.
 
     Keys: ``<model>/effective`` and ``<model>/softmax`` (L, H, N, N) float32, ``<model>/rollout`` (N, N),
-    ``<model>/rollout_cls`` (Gh, Gw), ``<model>/attr_<name>`` attribution maps, ``<model>/geometry`` =
-    [K, Gh, Gw, ph, pw, H_img, W_img].
+    ``<model>/rollout_cls`` (Gh, Gw) (``rollout_patch_mean`` for models without a CLS token),
+    ``<model>/attr_<name>`` attribution maps, ``<model>/geometry`` = [K, Gh, Gw, ph, pw, H_img, W_img].
     """
     arrays: Dict[str, np.ndarray] = {}
     for name, r in result.models.items():
@@ -291,7 +291,8 @@ def maps_npz_bytes(result: ImageAnalysis) -> bytes:
         arrays[f"{name}/effective"] = r.effective.astype(np.float32)
         arrays[f"{name}/softmax"] = r.softmax.astype(np.float32)
         arrays[f"{name}/rollout"] = r.metrics["rollout"].astype(np.float32)
-        arrays[f"{name}/rollout_cls"] = r.metrics["rollout_cls"].astype(np.float32)
+        rollout_key, rollout = rollout_map(r.metrics)  # rollout_cls, or rollout_patch_mean without a CLS token
+        arrays[f"{name}/{rollout_key}"] = rollout.astype(np.float32)
         for key, heat in r.attributions.items():
             arrays[f"{name}/attr_{key}"] = np.asarray(heat, dtype=np.float32)
         arrays[f"{name}/geometry"] = np.array([meta.num_prefix_tokens, *meta.grid_size, *meta.patch_size,

@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .attention_metrics import METRICS
+from .attention_metrics import METRICS, rollout_map
 from .dataset import DatasetAnalysis, Interval, PairedComparison
 from .head_diversity import HeadEmbedding
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
@@ -388,11 +388,13 @@ def image_figures(result: ImageAnalysis, image: Optional[np.ndarray] = None) -> 
     if image is not None:
         panels: Dict[str, np.ndarray] = {}
         for name, r in models.items():
-            k = r.meta.num_prefix_tokens
-            if k > 0:
-                panels[f"{name}: last-layer CLS attention"] = np.abs(r.effective[-1, :, 0, k:]).mean(axis=0) \
+            k, cls = r.meta.num_prefix_tokens, r.meta.class_token_index
+            if k > 0 and cls is not None:
+                panels[f"{name}: last-layer CLS attention"] = np.abs(r.effective[-1, :, cls, k:]).mean(axis=0) \
                     .reshape(r.meta.grid_size)
-            panels[f"{name}: rollout"] = r.metrics["rollout_cls"]
+            rollout_key, rollout = rollout_map(r.metrics)
+            panels[f"{name}: rollout" + ("" if rollout_key == "rollout_cls" else " (mean patch query, no CLS)")] = \
+                rollout
             for key, heat in r.attributions.items():
                 panels[f"{name}: {key.replace('_', ' ')}"] = heat
         # One row per model: the same kind of map lines up in a column.

@@ -163,11 +163,15 @@ def _attributions(model: nn.Module, image: torch.Tensor, meta: refiner.Attention
     grads = attention_gradients(model, image)
     _, relevance = attention_x_gradient(grads.maps, grads.grads)
     k = meta.num_prefix_tokens
-    cls_relevance = relevance[0, k:] if k > 0 else relevance[k:, k:].mean(axis=0)
+    # The CLS row where there is one; otherwise the mean patch query, under a name that says so.
+    if meta.has_class_token and k > 0:
+        relevance_name, query_relevance = "attention_x_gradient", relevance[meta.class_token_index, k:]
+    else:
+        relevance_name, query_relevance = "attention_x_gradient_patch_mean", relevance[k:, k:].mean(axis=0)
     return {
         "integrated_gradients": pixel_heatmap(integrated_gradients(model, image, grads.target, n_steps=ig_steps)),
         "saliency": pixel_heatmap(saliency(model, image, grads.target), reduce="max"),
-        "attention_x_gradient": cls_relevance.reshape(meta.grid_size),
+        relevance_name: query_relevance.reshape(meta.grid_size),
     }
 
 
@@ -200,7 +204,7 @@ def analyze_image(models: Mapping[str, nn.Module], image: torch.Tensor, settings
         meta = batch.meta
         maps = metric_maps(batch, settings)[0]
         metrics = compute_map_metrics(maps, meta.num_prefix_tokens, meta.grid_size, meta.patch_size, settings,
-                                      box_tuple)
+                                      box_tuple, class_token_index=meta.class_token_index)
         results[name] = ModelImageResult(
             name=name, effective=batch.effective[0], softmax=batch.softmax[0], meta=meta, metrics=metrics,
             top5=top_k(batch.logits[0], top, class_names),

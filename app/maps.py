@@ -7,7 +7,7 @@ its result per (model source, image key), so changing layer, head or query only 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ class ModelView:
         patch_size: (ph, pw) in pixels.
         picture: (H, W, 3) uint8, the image exactly as the model saw it (before normalisation).
         input_tensor: (C, H, W) float32, the normalised model input (for exports and the manifest).
+        class_token_index: the CLS token's index, or None for a model without one (registers + pooling).
     """
 
     probs: np.ndarray
@@ -49,6 +50,7 @@ class ModelView:
     patch_size: Tuple[int, int]
     picture: np.ndarray
     input_tensor: np.ndarray
+    class_token_index: Optional[int] = 0
 
     @property
     def depth(self) -> int:
@@ -86,7 +88,8 @@ def run_model(loaded: LoadedModel, image: Image.Image) -> ModelView:
     return ModelView(probs=logits.float().softmax(-1)[0].cpu().numpy(), softmax=softmax.astype(np.float32),
                      effective=effective, has_softmax=has_softmax, refined=np.array(meta.refined),
                      num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
-                     patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy())
+                     patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
+                     class_token_index=meta.class_token_index)
 
 
 def head_matrix(view: ModelView, layer: int, head: HeadChoice, kind: str = "effective") -> np.ndarray:
@@ -125,10 +128,11 @@ def map_query(query: int, source: ModelView, target: ModelView) -> int:
     return k_dst + t_row * target.grid[1] + t_col
 
 
-def token_label(query: int, num_prefix_tokens: int, grid: Tuple[int, int]) -> str:
-    """"CLS", "prefix 2" or "patch (row, col)" for a token index."""
+def token_label(query: int, num_prefix_tokens: int, grid: Tuple[int, int],
+                class_token_index: Optional[int] = 0) -> str:
+    """"CLS", "prefix 2" or "patch (row, col)" for a token index (no "CLS" for a model without one)."""
     if query < num_prefix_tokens:
-        return "CLS" if query == 0 else f"prefix {query}"
+        return "CLS" if query == class_token_index else f"prefix {query}"
     row, col = divmod(query - num_prefix_tokens, grid[1])
     return f"patch ({row}, {col})"
 

@@ -168,7 +168,8 @@ def render_sidebar() -> Context:
         _init_from_url("q", parse_int(params.get("q"), 0, 0, tokens - 1))
         st.session_state["q"] = min(max(int(st.session_state["q"]), 0), tokens - 1)
         query = sidebar.selectbox("Query token (or click a patch)", list(range(tokens)), key="q",
-                                  format_func=lambda t: token_label(t, view_a.num_prefix_tokens, view_a.grid))
+                                  format_func=lambda t: token_label(t, view_a.num_prefix_tokens, view_a.grid,
+                                                                    view_a.class_token_index))
     selection = Selection(a=st.session_state["a"], b=st.session_state["b"], img=img, layer=int(layer),
                           head=str(head), q=int(query))
     changes = url_changes(st.query_params.to_dict(), selection)

@@ -7,7 +7,7 @@ Source strings (the same in the app's text box and in ``--model LABEL=SOURCE``):
 
     ``path/to/checkpoint``                     this project's checkpoint folder (config.json format 1 + safetensors)
     ``path/to/hub-folder``                     a timm hub-format folder (``save_for_hf``: config.json + weights)
-    ``path/to/transformers-folder``            a Hugging Face ``save_pretrained`` folder (ViT, DeiT, DINOv2 [+registers])
+    ``path/to/transformers-folder``            a Hugging Face ``save_pretrained`` folder (ViT, DeiT, DINOv2 (+reg))
     ``path/to/refiner_vit_l.pth``              the released Refiner-ViT weights (official mode)
     ``path/to/model_best.pth.tar``             a timm training checkpoint (its ``arch`` names the architecture)
     ``ARCH@path/to/weights.{safetensors,pth}`` a bare state dict and the timm architecture it belongs to

@@ -130,7 +130,8 @@ class Preprocessing:
             c, h, w = input_size
         return cls(input_size=(c, h, w), interpolation=str(resolved.get("interpolation") or "bicubic"),
                    mean=_channel_values(resolved["mean"], c, "mean"), std=_channel_values(resolved["std"], c, "std"),
-                   crop_pct=float(resolved.get("crop_pct") or 1.0), crop_mode=str(resolved.get("crop_mode") or "center"))
+                   crop_pct=float(resolved.get("crop_pct") or 1.0),
+                   crop_mode=str(resolved.get("crop_mode") or "center"))
 
     def as_dict(self) -> Dict[str, Any]:
         """timm's data-config keys plus ``img_size``/``in_chans`` (JSON-ready, for manifests and cards)."""

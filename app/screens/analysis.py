@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from analysis import figures
-from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metrics
+from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metrics, rollout_map
 
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
@@ -32,7 +32,7 @@ def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, 
     """Every metric of one model on one image (cached per model, image and settings)."""
     view = cached.get_view(source, image_key, upload, canvas)
     return compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid, view.patch_size,
-                               settings, box)
+                               settings, box, class_token_index=view.class_token_index)
 
 
 def _settings() -> MetricSettings:
@@ -93,7 +93,8 @@ def render(ctx: Context) -> None:
 
     st.header("Attention rollout of the CLS token")
     # Each model's rollout over the picture that model saw (same picture when preprocessing agrees).
-    panels = {f"{k}: rollout": v["rollout_cls"] for k, v in results.items()}
+    panels = {f"{k}: rollout" + ("" if key == "rollout_cls" else " (mean patch query: no CLS token)"): rollout
+              for k, (key, rollout) in ((k, rollout_map(v)) for k, v in results.items())}
     _show(figures.overlay_figure(views[0].picture, panels, "Attention rollout of the CLS query", box=ctx.item.box),
           "rollout-cls", contents)
 

@@ -71,7 +71,8 @@ def render(ctx: Context) -> None:
     queries = (ctx.selection.q, map_query(ctx.selection.q, views[0], views[1]))
     opacity, kind = _options()
     head_text = ctx.selection.head if not ctx.selection.head.isdigit() else f"head {ctx.selection.head}"
-    st.caption(f"Query: {token_label(queries[0], views[0].num_prefix_tokens, views[0].grid)}. Click a patch on "
+    query_name = token_label(queries[0], views[0].num_prefix_tokens, views[0].grid, views[0].class_token_index)
+    st.caption(f"Query: {query_name}. Click a patch on "
                "either image to make it the query; CLS is token 0 in the sidebar.")
 
     # The bundle button sits at the top but is filled in last, once every figure of the view exists.
@@ -132,7 +133,8 @@ def render(ctx: Context) -> None:
             view, layer = views[slot], layers[slot]
             use_kind = kind if view.has_softmax[layer] else "effective"
             matrix = head_matrix(view, layer, ctx.head, use_kind)
-            labels = [token_label(t, view.num_prefix_tokens, view.grid) for t in range(matrix.shape[0])]
+            labels = [token_label(t, view.num_prefix_tokens, view.grid, view.class_token_index)
+                      for t in range(matrix.shape[0])]
             fig = token_matrix(matrix, labels, f"{'AB'[slot]}: layer {layer + 1}, {head_text}, {use_kind}",
                                diverging=bool(matrix.min() < 0))
             if shown[1]:

@@ -62,7 +62,8 @@ def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[b
                 skipped.append(f"{item.key}: {error}")
                 break
             metrics = compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid,
-                                          view.patch_size, settings, item.box)
+                                          view.patch_size, settings, item.box,
+                                          class_token_index=view.class_token_index)
             for key, value in _summaries(metrics).items():
                 collected[slot].setdefault(key, []).append(value)
         if _progress is not None:

@@ -14,13 +14,29 @@ def test_every_metric_has_its_documented_shape() -> None:
     layers, heads, grid = 3, 2, (2, 3)
     maps = softmax_maps(layers, heads, 1 + 6)
     out = compute_map_metrics(maps, 1, grid, (8, 8), box=(0, 0, 8, 16))
-    assert set(out) == set(METRICS)
+    assert set(out) == set(METRICS) - {"rollout_patch_mean"}  # that one is for models without a CLS token
     sizes = {"layer": layers, "layer2": layers, "head": heads, "head2": heads, "query": 7, "key": 7,
              "row": grid[0], "col": grid[1]}
     for key, info in METRICS.items():
+        if key not in out:
+            continue
         expected = tuple(sizes[a] for a in info.axes)
         expected = expected[:-1] + (layers - 1,) if key == "adjacent_similarity" else expected
         assert out[key].shape == expected, key
+
+
+def test_without_a_class_token_cls_metrics_are_left_out_and_the_rollout_says_what_it_is() -> None:
+    """Four register tokens and no CLS (vit_*_reg4_gap): nothing may be read from register 0 as "CLS"."""
+    layers, heads, grid = 2, 2, (2, 2)
+    maps = softmax_maps(layers, heads, 4 + 4)
+    with_cls = compute_map_metrics(maps, 4, grid, (8, 8), box=(0, 0, 8, 8))
+    without = compute_map_metrics(maps, 4, grid, (8, 8), box=(0, 0, 8, 8), class_token_index=None)
+    assert {"cls_entropy", "rollout_cls", "cls_in_box", "rollout_in_box"} <= set(with_cls)
+    assert not {"cls_entropy", "rollout_cls", "cls_in_box", "rollout_in_box", "box_chance"} & set(without)
+    assert "rollout_patch_mean" in without and "rollout_patch_mean" not in with_cls
+    np.testing.assert_allclose(without["rollout_patch_mean"],
+                               without["rollout"][4:, 4:].mean(axis=0).reshape(grid))
+    np.testing.assert_allclose(without["patch_entropy"], with_cls["patch_entropy"])  # the rest is the same
 
 
 def test_suite_agrees_with_the_single_functions_on_a_refined_like_map() -> None:
