@@ -523,7 +523,7 @@ def describe(model: nn.Module, *, name: str, source: str, kind: str, weights: st
              dataset: Optional[str] = None, dataset_options: Optional[Mapping[str, Any]] = None,
              config: Optional[Mapping[str, Any]] = None, metrics: Optional[Mapping[str, Any]] = None) -> ModelInfo:
     """The `ModelInfo` of a built model: geometry read from the model at its input size."""
-    from .model_geometry import grid_for_image, model_patch_size
+    from .model_geometry import grid_for_image, model_patch_size, token_layout
 
     prep = preprocessing or Preprocessing.from_model(model)
     height, width = prep.img_size
@@ -536,10 +536,10 @@ def describe(model: nn.Module, *, name: str, source: str, kind: str, weights: st
     names = tuple(str(n) for n in class_names) if class_names else tuple(str(i) for i in range(num_classes))
     if num_classes and len(names) != num_classes:
         names = tuple(str(i) for i in range(num_classes))
-    has_cls = bool(getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None))
+    layout = token_layout(model)
     return ModelInfo(name=name, source=source, kind=kind, weights=weights, weights_sha256=weights_sha256,
                      num_params=sum(p.numel() for p in model.parameters()), num_classes=num_classes,
                      class_names=names, preprocessing=prep, patch_size=tuple(patch), grid_size=tuple(grid),
-                     num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)), has_class_token=has_cls,
+                     num_prefix_tokens=layout.num_prefix_tokens, has_class_token=layout.has_class_token,
                      dataset=dataset, dataset_options=frozen_mapping(dataset_options),
                      config=frozen_mapping(config), metrics=frozen_mapping(metrics))

@@ -236,3 +236,15 @@ def test_transformers_folder_of_another_family_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelSourceError, match="'bert'.*supported model types are vit"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("name, prefix, has_cls, patch, grid", [
+    ("vit_betwixt_patch16_reg4_gap_256", 4, False, (16, 16), (16, 16)),   # registers, no CLS
+    ("deit_tiny_distilled_patch16_224", 2, True, (16, 16), (14, 14)),     # CLS + distillation token
+    ("vit_small_r26_s32_224", 1, True, (32, 32), (7, 7)),                 # ResNet hybrid: stride 32, not 1
+])
+def test_geometry_in_the_description(name: str, prefix: int, has_cls: bool, patch, grid) -> None:
+    info = load_model(f"random:{name}").info
+    assert (info.num_prefix_tokens, info.has_class_token, info.patch_size, info.grid_size) == \
+        (prefix, has_cls, patch, grid)
+    assert info.num_tokens == prefix + grid[0] * grid[1]
