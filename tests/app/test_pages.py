@@ -201,3 +201,23 @@ def test_launch_command() -> None:
     command = streamlit_command(parser.parse_args(["--port", "8765"]))
     assert command[1:3] == [str(SERVE), "run"] and "8765" in command
     assert command[command.index("--server.headless") + 1] == "true"
+
+
+def test_url_sources_of_other_kinds_and_geometries(app_env: Path) -> None:
+    """A model from a name with random weights (RGB, 32 px) beside the grey 48 px digit model: each gets its own
+    input, every page draws, and a source that cannot load is a message on the page, not a crash."""
+    at = start({"a": "vanilla", "b": "random:vit_micro_patch4_32", "q": "0"})
+    no_exceptions(at)
+    assert at.sidebar.selectbox(key="b").value == "random:vit_micro_patch4_32"
+    for page in ("entries/analysis.py", "entries/models.py"):
+        at.switch_page(page).run()
+        no_exceptions(at)
+    at = start({"a": "vanilla", "b": "no_such_model_xyz"})
+    no_exceptions(at)
+    assert any("neither a file or folder nor a model name" in w.value for w in at.warning)
+
+
+def test_token_labels_without_a_class_token() -> None:
+    assert token_label(0, 1, (2, 2)) == "CLS"
+    assert token_label(0, 4, (2, 2), class_token_index=None) == "prefix 0"
+    assert token_label(5, 4, (2, 2), class_token_index=None) == "patch (0, 1)"
