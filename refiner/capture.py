@@ -69,7 +69,7 @@ class AttentionCapture:
 
 @contextmanager
 def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, query_rows: QueryRows = None,
-                      verify: bool = True, detach: bool = True) -> Iterator[AttentionCapture]:
+                      verify: Union[bool, str] = True, detach: bool = True) -> Iterator[AttentionCapture]:
     """Record softmax and effective attention maps of ``model``'s blocks.
 
     Args:
@@ -81,7 +81,9 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
         query_rows: only keep these query rows (saves memory and time for large images), e.g. ``[0]`` for
             CLS (check ``meta.class_token_index`` first: some models have none).
         verify: check that ``effective @ v`` reproduces each block's projection input (fp32 tolerance 1e-4
-            relative to its scale). Skipped for blocks in train mode with attention dropout.
+            relative to its scale): True (default) on 32 rows of each map (the first 8, which hold the prefix
+            tokens, and 24 spread over the rest; all rows of smaller maps), "all" on every row (as costly as the
+            map itself), False not at all. Skipped for blocks in train mode with attention dropout.
         detach: store detached maps (default). With False, maps of our own layers stay on the autograd graph.
 
     Yields:
@@ -91,6 +93,8 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
     depth = len(layers)
     chosen = set(range(depth)) if blocks is None else {int(i) % depth for i in blocks}
     adapters = {i: adapter_for(layers[i]) for i in chosen}  # fail before touching anything
+    if verify not in (True, False, "all"):
+        raise ValueError(f"verify must be True, False or 'all', got {verify!r}")
     rows = _as_index(query_rows)
     rec = AttentionCapture(softmax=[None] * depth, effective=[None] * depth, query_rows=rows)
     handles: List[torch.utils.hooks.RemovableHandle] = []

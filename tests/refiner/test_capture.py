@@ -161,3 +161,28 @@ def test_capture_under_bf16_autocast_gives_fp32_maps(name: str, kwargs: dict) ->
         # block reports the map it computed itself, in whatever precision autocast gave it.
         tolerance = 1e-2 if rec.meta.refined[index] else 1e-5
         torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=tolerance, rtol=0)
+
+
+def test_verify_all_compares_every_row_and_the_default_a_spread_including_prefix_and_last_rows() -> None:
+    from refiner.capture_adapters.slot import CHECKED_LEADING_ROWS, CHECKED_ROWS, checked_rows
+    rows = checked_rows(197, torch.device("cpu"))
+    assert rows.numel() == CHECKED_ROWS and rows[:CHECKED_LEADING_ROWS].tolist() == list(range(CHECKED_LEADING_ROWS))
+    assert rows[-1].item() == 196 and len(set(rows.tolist())) == CHECKED_ROWS
+    assert checked_rows(CHECKED_ROWS, torch.device("cpu")) is None  # small maps: every row
+
+    model = refiner.create_model("vit_micro_patch4_32").eval()
+    unchecked_row = next(i for i in range(65) if i not in checked_rows(65, torch.device("cpu")).tolist())
+
+    def corrupt_one_row(_module, args):
+        x = args[0].clone()
+        x[:, unchecked_row] += 1.0
+        return (x,)
+    model.blocks[1].attn.norm.register_forward_pre_hook(corrupt_one_row)
+    with torch.no_grad(), refiner.capture_attention(model):  # the spread does not include that row
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(CaptureMismatchError, match="block 1"):
+        with torch.no_grad(), refiner.capture_attention(model, verify="all"):
+            model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="verify"):
+        with refiner.capture_attention(model, verify="some"):
+            pass

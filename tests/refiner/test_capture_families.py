@@ -113,7 +113,7 @@ def test_family_maps_equal_the_eager_reference_and_leave_the_model_as_it_was(cas
     flags = fused_flags(model)
     with torch.no_grad():
         plain = model(x)
-        with refiner.capture_attention(model) as rec:
+        with refiner.capture_attention(model, verify="all") as rec:
             captured = model(x)
     torch.testing.assert_close(captured, plain, rtol=0, atol=0)  # capture does not change what the model computes
     torch.testing.assert_close(plain, eager_out, rtol=1e-4, atol=1e-4)

@@ -86,7 +86,7 @@ def test_hf_maps_equal_transformers_eager_attention(case: HFCase) -> None:
     x = torch.randn(2, 3, *case.image)
     with torch.no_grad():
         plain = model(x)
-        with refiner.capture_attention(model) as rec:
+        with refiner.capture_attention(model, verify="all") as rec:
             captured = model(x)
     torch.testing.assert_close(captured, plain, rtol=0, atol=0)
     assert all_hooks(model) == 0 and hf_model.config._attn_implementation == "sdpa"
