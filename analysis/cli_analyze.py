@@ -189,11 +189,12 @@ def build_eval_dataset(name: str, split: str, root: Optional[Path], models: List
 
 
 def _normaliser(data: Dict[str, Any]):
-    from refiner.image_input import _channel_stats  # same channel broadcasting as image preprocessing
+    """``(x - mean) / std`` of a model's preprocessing, for dataset images already at its input size."""
+    from refiner.preprocessing import Preprocessing
 
-    in_chans = int(data.get("in_chans", 3))
-    mean = torch.tensor(_channel_stats(data.get("mean", [0.0]), in_chans, "mean")).view(1, -1, 1, 1)
-    std = torch.tensor(_channel_stats(data.get("std", [1.0]), in_chans, "std")).view(1, -1, 1, 1)
+    prep = Preprocessing.from_mapping(data)
+    mean = torch.tensor(prep.mean).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std).view(1, -1, 1, 1)
     return lambda x: (x - mean) / std
 
 

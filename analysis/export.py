@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -26,7 +25,6 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from torch import nn
 
 from refiner.weights_hash import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
 

@@ -28,7 +28,7 @@ class ImageItem:
 
     Attributes:
         key: the image key.
-        image: RGB picture (any size; `refiner.image_input.fit_to_model` makes the model's view).
+        image: RGB picture (any size; `refiner.ModelInfo.view` makes the model's view).
         label: the true class for dataset canvases, else None.
         box: (x0, y0, x1, y1) of the digit in canvas pixels (exclusive ends), else None.
         notes: what `load_image` changed (uploads).
@@ -65,7 +65,7 @@ def canvas_key(model_data: Optional[Mapping[str, Any]]) -> str:
     size (`refiner.data.canvas_options_for`).
 
     Args:
-        model_data: the model's preprocessing dict (`refiner.image_input.data_config_for`), or None.
+        model_data: the model's preprocessing dict (`refiner.ModelInfo.data`), or None.
     """
     from refiner.data import canvas_options_for
 

@@ -4,8 +4,7 @@ Both the app (uploads) and the CLI (``refiner analyze --images DIR``) read image
 every bad input gets the same clear message:
 
     image = load_image(uploaded_bytes_or_path)          # RGB PIL image, or ImageInputError
-    data = data_config_for(checkpoint)                   # img_size, in_chans, mean, std, patch_size, ...
-    x = preprocess(image, data)                          # (C, H, W) float32, normalised
+    x = loaded.info.transform(image)                     # the model's own eval transform (refiner.preprocessing)
 
 What `load_image` guarantees about the returned image:
     - it was one of JPEG, PNG, WebP, BMP, GIF, TIFF (other decoders are never tried: smaller attack surface);
@@ -26,10 +25,9 @@ import io
 import os
 import struct
 import warnings
-from typing import Any, BinaryIO, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decoders Pillow may try, by its names (the JPEG decoder also opens MPO, the multi-picture JPEG of cameras).
@@ -198,177 +196,3 @@ def check_min_size(image: Image.Image, min_side: int) -> None:
     if min_side > 1 and min(image.size) < min_side:
         raise ImageInputError(f"the image is {image.size[0]}x{image.size[1]} pixels, smaller than one "
                               f"{min_side}x{min_side} patch of the model; use a larger image")
-
-
-def _as_pair(value: Any) -> Tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    values = [int(v) for v in value]
-    return (values[0], values[0]) if len(values) == 1 else (values[-2], values[-1])
-
-
-def _first_conv(model: torch.nn.Module) -> Optional[torch.nn.Conv2d]:
-    """The convolution that sees the image: the one timm's ``pretrained_cfg["first_conv"]`` names, else the
-    first Conv2d registered in ``patch_embed`` (a conv stem registers its input conv before ``proj``)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("first_conv") if isinstance(cfg, Mapping) else None
-    if isinstance(name, str):
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            module = None
-        if isinstance(module, torch.nn.Conv2d):
-            return module
-    patch_embed = getattr(model, "patch_embed", None)
-    if isinstance(patch_embed, torch.nn.Module):
-        return next((m for m in patch_embed.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    return None
-
-
-def input_channels(model: torch.nn.Module, default: int = 3) -> int:
-    """Number of image channels a model takes.
-
-    ``pretrained_cfg["input_size"][0]`` first (timm and our registrations keep it in step with an
-    ``in_chans`` override), checked against the first convolution's ``in_channels``; the convolution wins
-    when they disagree, since it is what the input actually meets. Not ``patch_embed.proj``: behind a conv
-    stem (the official Refiner-ViT) that layer takes the stem's 128 feature channels, not the image.
-
-    Args:
-        model: a ViT-like module.
-        default: used when the model has neither a pretrained_cfg input size nor a convolution.
-
-    Returns:
-        The channel count C of the (B, C, H, W) input.
-    """
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
-    from_cfg = int(size[0]) if isinstance(size, (tuple, list)) and len(size) == 3 else None
-    conv = _first_conv(model)
-    if conv is not None and conv.in_channels != from_cfg:
-        return int(conv.in_channels)
-    return from_cfg if from_cfg is not None else default
-
-
-DATA_KEYS = ("dataset", "dataset_options", "img_size", "in_chans", "mean", "std", "class_names", "interpolation")
-
-
-def saved_data(config: Any) -> Dict[str, Any]:
-    """The preprocessing a checkpoint's ``config.json`` records, in the CONTRACT's ``extra["data"]`` shape.
-
-    Reads ``extra["data"]`` (CONTRACT) and also the trainer's flat layout: ``extra["preprocessing"]`` (img_size,
-    in_chans, mean, std) with ``extra["class_names"]``, ``extra["dataset"]`` and ``extra["dataset_options"]`` beside
-    it, which checkpoints written before the trainer moved to ``extra["data"]`` hold. Without the latter a
-    trained checkpoint would silently lose its class names and normalisation. Where both are present,
-    ``extra["data"]`` wins.
-
-    Args:
-        config: the parsed config.json (anything else gives {}).
-
-    Returns:
-        A dict with some of `DATA_KEYS`.
-    """
-    extra = config.get("extra") if isinstance(config, Mapping) else None
-    if not isinstance(extra, Mapping):
-        return {}
-    flat: Dict[str, Any] = {}
-    preprocessing = extra.get("preprocessing")
-    if isinstance(preprocessing, Mapping):
-        flat.update({k: preprocessing[k] for k in DATA_KEYS if k in preprocessing})
-    flat.update({k: extra[k] for k in ("dataset", "dataset_options", "class_names") if k in extra})
-    data = extra.get("data")
-    if isinstance(data, Mapping):
-        flat.update(data)
-    return flat
-
-
-def data_config_for(checkpoint_or_model: Any) -> Dict[str, Any]:
-    """The preprocessing dict of a checkpoint or model (CONTRACT: "Checkpoint extra and preprocessing").
-
-    Starts from timm's ``resolve_data_config`` of the model, then takes every key the checkpoint's
-    ``config["extra"]["data"]`` gives (the trainer's values win), and adds the model's ``patch_size``.
-
-    Args:
-        checkpoint_or_model: a `refiner.Checkpoint` or an ``nn.Module``.
-
-    Returns:
-        {"dataset", "img_size": [H, W], "in_chans", "mean": [...], "std": [...], "class_names": [...] or None,
-         "patch_size": [ph, pw], "interpolation"}.
-    """
-    from timm.data import resolve_data_config
-
-    model = getattr(checkpoint_or_model, "model", checkpoint_or_model)
-    config = getattr(checkpoint_or_model, "config", None) or {}
-    resolved = resolve_data_config({}, model=model)
-    patch_embed = getattr(model, "patch_embed", None)
-    in_chans = input_channels(model, default=int(resolved["input_size"][0]))
-    img = getattr(patch_embed, "img_size", None) or resolved["input_size"][1:]
-    data: Dict[str, Any] = {
-        "dataset": None,
-        "img_size": list(_as_pair(img)),
-        "in_chans": in_chans,
-        "mean": list(resolved["mean"]),
-        "std": list(resolved["std"]),
-        "class_names": None,
-        "interpolation": str(resolved.get("interpolation", "bicubic")),
-    }
-    data.update({k: v for k, v in saved_data(config).items() if v is not None})
-    data["img_size"] = list(_as_pair(data["img_size"]))
-    try:
-        from .model_geometry import model_patch_size
-        data["patch_size"] = list(model_patch_size(model))
-    except TypeError:
-        data.setdefault("patch_size", [1, 1])
-    return data
-
-
-def _channel_stats(values: Sequence[float], in_chans: int, what: str) -> List[float]:
-    values = [float(v) for v in values]
-    if len(values) == in_chans:
-        return values
-    if len(values) == 1:
-        return values * in_chans
-    if in_chans == 1:  # e.g. timm's RGB defaults on a grey model: the grey value is the mean of the channels
-        return [float(np.mean(values))]
-    raise ValueError(f"{what} has {len(values)} values for a model with {in_chans} input channels")
-
-
-_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
-
-
-def fit_to_model(image: Image.Image, data: Mapping[str, Any]) -> Image.Image:
-    """The picture exactly as the model sees it, before normalisation.
-
-    Resizes the shorter side to the model's size and centre-crops the longer one (timm's evaluation
-    transform with crop_pct 1), so a square model never sees a stretched image, and converts to "L" when the
-    model has one input channel. The app draws attention over this image, so pixels and patches line up.
-
-    Raises:
-        ImageInputError: if the image is smaller than one patch.
-    """
-    height, width = _as_pair(data["img_size"])
-    check_min_size(image, max(_as_pair(data.get("patch_size", 1))))
-    image = image.convert("L" if int(data.get("in_chans", 3)) == 1 else "RGB")
-    resample = _RESAMPLING.get(str(data.get("interpolation", "bicubic")), Image.Resampling.BICUBIC)
-    return ImageOps.fit(image, (width, height), method=resample, centering=(0.5, 0.5))
-
-
-def preprocess(image: Image.Image, data: Mapping[str, Any]) -> torch.Tensor:
-    """Model input for one image.
-
-    Args:
-        image: an image from `load_image` (any size, RGB).
-        data: the preprocessing dict (see `data_config_for`).
-
-    Returns:
-        (C, H, W) float32 tensor: `fit_to_model`, scaled to [0, 1], then ``(x - mean) / std`` per channel.
-    """
-    in_chans = int(data.get("in_chans", 3))
-    fitted = fit_to_model(image, data)
-    array = np.asarray(fitted, dtype=np.float32) / 255.0
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    mean = np.asarray(_channel_stats(data.get("mean", [0.0]), in_chans, "mean"), dtype=np.float32)[:, None, None]
-    std = np.asarray(_channel_stats(data.get("std", [1.0]), in_chans, "std"), dtype=np.float32)[:, None, None]
-    if np.any(std <= 0):
-        raise ValueError(f"std must be positive, got {std.ravel().tolist()}")
-    return torch.from_numpy(np.ascontiguousarray((array - mean) / std))

@@ -163,8 +163,6 @@ def _read_json(path: Path) -> Any:
 # ------------------------------------------------------------------------------------------ our folders
 def _load_our_checkpoint(path: Path, source: str) -> Tuple[nn.Module, ModelInfo]:
     from .checkpoint import CheckpointError, load_checkpoint
-    from .image_input import saved_data
-
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError as error:
@@ -189,6 +187,38 @@ def _load_our_checkpoint(path: Path, source: str) -> Tuple[nn.Module, ModelInfo]
                     preprocessing=prep, class_names=data.get("class_names"), dataset=data.get("dataset"),
                     dataset_options=data.get("dataset_options"), config=config, metrics=checkpoint.metrics)
     return model, info
+
+
+_DATA_KEYS = ("dataset", "dataset_options", "img_size", "in_chans", "mean", "std", "class_names", "interpolation")
+
+
+def saved_data(config: Any) -> Dict[str, Any]:
+    """The preprocessing a checkpoint's ``config.json`` records, in the CONTRACT's ``extra["data"]`` shape.
+
+    Reads ``extra["data"]`` (CONTRACT) and also the trainer's flat layout: ``extra["preprocessing"]`` (img_size,
+    in_chans, mean, std) with ``extra["class_names"]``, ``extra["dataset"]`` and ``extra["dataset_options"]`` beside
+    it, which checkpoints written before the trainer moved to ``extra["data"]`` hold. Without the latter a
+    trained checkpoint would silently lose its class names and normalisation. Where both are present,
+    ``extra["data"]`` wins.
+
+    Args:
+        config: the parsed config.json (anything else gives {}).
+
+    Returns:
+        A dict with some of `_DATA_KEYS`.
+    """
+    extra = config.get("extra") if isinstance(config, Mapping) else None
+    if not isinstance(extra, Mapping):
+        return {}
+    flat: Dict[str, Any] = {}
+    preprocessing = extra.get("preprocessing")
+    if isinstance(preprocessing, Mapping):
+        flat.update({k: preprocessing[k] for k in _DATA_KEYS if k in preprocessing})
+    flat.update({k: extra[k] for k in ("dataset", "dataset_options", "class_names") if k in extra})
+    data = extra.get("data")
+    if isinstance(data, Mapping):
+        flat.update(data)
+    return flat
 
 
 # ---------------------------------------------------------------------------------------------- names

@@ -44,6 +44,48 @@ def _channel_values(values: Sequence[float], in_chans: int, what: str) -> Tuple[
     raise ValueError(f"{what} has {len(values)} values for a model with {in_chans} input channels")
 
 
+def _first_conv(model: nn.Module) -> Optional[nn.Conv2d]:
+    """The convolution that sees the image: the one timm's ``pretrained_cfg["first_conv"]`` names, else the
+    first Conv2d registered in ``patch_embed`` (a conv stem registers its input conv before ``proj``)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("first_conv") if isinstance(cfg, Mapping) else None
+    if isinstance(name, str):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if isinstance(module, nn.Conv2d):
+            return module
+    patch_embed = getattr(model, "patch_embed", None)
+    if isinstance(patch_embed, nn.Module):
+        return next((m for m in patch_embed.modules() if isinstance(m, nn.Conv2d)), None)
+    return None
+
+
+def input_channels(model: nn.Module, default: int = 3) -> int:
+    """Number of image channels a model takes.
+
+    ``pretrained_cfg["input_size"][0]`` first (timm and our registrations keep it in step with an
+    ``in_chans`` override), checked against the first convolution's ``in_channels``; the convolution wins
+    when they disagree, since it is what the input actually meets. Not ``patch_embed.proj``: behind a conv
+    stem (the official Refiner-ViT) that layer takes the stem's 128 feature channels, not the image.
+
+    Args:
+        model: a ViT-like module.
+        default: used when the model has neither a pretrained_cfg input size nor a convolution.
+
+    Returns:
+        The channel count C of the (B, C, H, W) input.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, Mapping) else None
+    from_cfg = int(size[0]) if isinstance(size, (tuple, list)) and len(size) == 3 else None
+    conv = _first_conv(model)
+    if conv is not None and conv.in_channels != from_cfg:
+        return int(conv.in_channels)
+    return from_cfg if from_cfg is not None else default
+
+
 def built_input_size(model: nn.Module) -> Optional[Tuple[int, int]]:
     """(H, W) the model's patch embedding was built for (``patch_embed.img_size``), or None if it does not say."""
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
@@ -118,8 +160,6 @@ class Preprocessing:
         (``img_size=448`` on a 224 architecture) takes its own size, which is what its patch embedding expects.
         """
         from timm.data import resolve_data_config
-
-        from .image_input import input_channels
 
         resolved = resolve_data_config({}, model=model)
         c = input_channels(model, default=int(resolved["input_size"][0]))

@@ -282,7 +282,7 @@ def canvas_options_for(data: Mapping[str, Any]) -> Dict[str, Any]:
     with the digit scale capped so the digit still fits.
 
     Args:
-        data: the model's preprocessing dict (`refiner.image_input.data_config_for`): ``img_size`` (side, or
+        data: the model's preprocessing dict (`refiner.ModelInfo.data`): ``img_size`` (side, or
             [H, W]) and, when recorded, ``dataset`` and ``dataset_options``.
 
     Returns:

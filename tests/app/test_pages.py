@@ -179,9 +179,7 @@ def test_upload_key_is_content_addressed() -> None:
 def test_digit_samples_are_canvases_of_model_as_own_test_set(pair_dir: Path) -> None:
     import refiner
     from refiner.data import ClutteredMNIST
-    from refiner.image_input import data_config_for
-
-    data = data_config_for(refiner.load_checkpoint(pair_dir / "vanilla"))
+    data = refiner.load_model(str(pair_dir / "vanilla")).info.data
     item = sample_item("digit:5", canvas_key(data))
     # Same geometry as the recorded options: the same canvas as test item 5 of that set (48 px, near-centred).
     recorded = data["dataset_options"]

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import refiner
-from refiner.image_input import (ImageInputError, check_min_size, data_config_for, fit_to_model, input_channels,
-                                 load_image, preprocess)
+from refiner.image_input import ImageInputError, check_min_size, load_image
+from refiner.preprocessing import Preprocessing, input_channels
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -198,15 +198,16 @@ def test_huge_jpeg_uses_draft_and_still_fits() -> None:
     assert max(image.size) == 500 and image.mode == "RGB"
 
 
-def test_smaller_than_a_patch_is_refused() -> None:
+def test_smaller_than_a_patch_is_refused_where_asked_and_upscaled_by_the_model_transform() -> None:
     tiny = encode(Image.new("RGB", (5, 40)), "PNG")
     with pytest.raises(ImageInputError, match="smaller than one 6x6 patch"):
         load_image(tiny, min_side=6)
     image = load_image(tiny)
     with pytest.raises(ImageInputError, match="patch"):
         check_min_size(image, 6)
-    with pytest.raises(ImageInputError, match="patch"):
-        preprocess(image, {"img_size": [48, 48], "in_chans": 1, "mean": [0.5], "std": [0.5], "patch_size": [6, 6]})
+    # What the model sees anyway: its own eval transform resizes the picture up to its input.
+    prep = Preprocessing.from_mapping({"img_size": [48, 48], "in_chans": 1, "mean": [0.5], "std": [0.5]})
+    assert prep.transform(image).shape == (1, 48, 48)
 
 
 def test_bad_background_name() -> None:
@@ -219,41 +220,41 @@ def grey_model() -> torch.nn.Module:
     return refiner.create_model("vit_mini_patch6_48", in_chans=1)
 
 
-def test_data_config_for_model_and_checkpoint(grey_model: torch.nn.Module, tmp_path: Path) -> None:
-    data = data_config_for(grey_model)
-    assert data["img_size"] == [48, 48] and data["in_chans"] == 1 and data["patch_size"] == [6, 6]
-    assert len(data["mean"]) == 1 and len(data["std"]) == 1
+def test_model_info_for_model_and_checkpoint(grey_model: torch.nn.Module, tmp_path: Path) -> None:
+    prep = Preprocessing.from_model(grey_model)
+    assert prep.img_size == (48, 48) and prep.in_chans == 1 and len(prep.mean) == 1 and len(prep.std) == 1
     saved = {"dataset": "cluttered-mnist", "img_size": [48, 48], "in_chans": 1, "mean": [0.1], "std": [0.3],
              "class_names": [str(i) for i in range(10)]}
     refiner.save_checkpoint(grey_model, tmp_path / "ck", extra={"data": saved})
-    data = data_config_for(refiner.load_checkpoint(tmp_path / "ck"))
-    assert data["mean"] == [0.1] and data["std"] == [0.3] and data["dataset"] == "cluttered-mnist"
-    assert data["class_names"][3] == "3" and data["patch_size"] == [6, 6]
+    info = refiner.load_model(str(tmp_path / "ck")).info
+    assert info.preprocessing.mean == (0.1,) and info.preprocessing.std == (0.3,) and info.dataset == "cluttered-mnist"
+    assert info.class_names[3] == "3" and info.patch_size == (6, 6)
 
 
-def test_preprocess_shapes_and_normalisation(grey_model: torch.nn.Module) -> None:
-    data = {"img_size": [48, 48], "in_chans": 1, "mean": [0.5], "std": [0.25], "patch_size": [6, 6]}
+def test_transform_shapes_and_normalisation(grey_model: torch.nn.Module) -> None:
+    prep = Preprocessing.from_mapping({"img_size": [48, 48], "in_chans": 1, "mean": [0.5], "std": [0.25]})
     white = Image.new("RGB", (100, 60), (255, 255, 255))
-    x = preprocess(white, data)
+    x = prep.transform(white)
     assert x.shape == (1, 48, 48) and x.dtype == torch.float32
     assert torch.allclose(x, torch.full_like(x, 2.0))  # (1 - 0.5) / 0.25
     assert grey_model(x[None]).shape == (1, 10)
-    rgb = preprocess(gradient_rgb(), {"img_size": [32, 32], "in_chans": 3, "mean": [0.0, 0.0, 0.0],
-                                      "std": [1.0, 1.0, 1.0]})
+    rgb = Preprocessing.from_mapping({"img_size": [32, 32], "in_chans": 3, "mean": [0.0, 0.0, 0.0],
+                                      "std": [1.0, 1.0, 1.0]}).transform(gradient_rgb())
     assert rgb.shape == (3, 32, 32) and 0.0 <= float(rgb.min()) and float(rgb.max()) <= 1.0
 
 
-def test_fit_to_model_centre_crops_instead_of_stretching() -> None:
+def test_whole_image_view_centre_crops_instead_of_stretching() -> None:
     # Left third black, middle white, right third black: a centre crop keeps only white.
     array = np.zeros((30, 90, 3), dtype=np.uint8)
     array[:, 30:60] = 255
-    fitted = fit_to_model(Image.fromarray(array), {"img_size": [30, 30], "in_chans": 3})
+    fitted = Preprocessing.from_mapping({"img_size": [30, 30], "in_chans": 3}).view(Image.fromarray(array))
     assert fitted.size == (30, 30) and np.asarray(fitted)[5:25, 5:25].min() > 240
 
 
 def test_rgb_statistics_on_a_grey_model_are_averaged() -> None:
-    data = {"img_size": [8, 8], "in_chans": 1, "mean": [0.2, 0.4, 0.6], "std": [0.5, 0.5, 0.5]}
-    x = preprocess(Image.new("RGB", (8, 8), (0, 0, 0)), data)
+    prep = Preprocessing.from_mapping({"img_size": [8, 8], "in_chans": 1, "mean": [0.2, 0.4, 0.6],
+                                       "std": [0.5, 0.5, 0.5]})
+    x = prep.transform(Image.new("RGB", (8, 8), (0, 0, 0)))
     assert torch.allclose(x, torch.full_like(x, -0.8))
 
 
@@ -261,9 +262,9 @@ def test_in_chans_comes_from_the_image_side_not_the_projection_behind_a_conv_ste
     # The official Refiner-ViT's patch_embed is a conv stem: patch_embed.proj takes 128 stem channels.
     model = refiner.create_model("refiner_vit_s")
     assert model.patch_embed.proj.in_channels == 128
-    data = data_config_for(model)
-    assert data["in_chans"] == 3 and len(data["mean"]) == 3
-    assert preprocess(gradient_rgb(), data).shape == (3, 224, 224)
+    prep = Preprocessing.from_model(model)
+    assert prep.in_chans == 3 and len(prep.mean) == 3
+    assert prep.transform(gradient_rgb()).shape == (3, 224, 224)
 
 
 def test_input_channels_prefers_the_first_conv_when_the_cfg_disagrees() -> None:
@@ -275,15 +276,15 @@ def test_input_channels_prefers_the_first_conv_when_the_cfg_disagrees() -> None:
     assert input_channels(plain, default=5) == 5
 
 
-def test_data_config_reads_the_trainers_flat_extra_layout(grey_model: torch.nn.Module, tmp_path: Path) -> None:
+def test_model_info_reads_the_trainers_flat_extra_layout(grey_model: torch.nn.Module, tmp_path: Path) -> None:
     # What refiner train wrote before it moved to extra["data"]: everything side by side in "extra".
     extra = {"class_names": ["zero", "one"] + [str(i) for i in range(2, 10)], "dataset": "cluttered-mnist",
              "dataset_options": {"canvas_size": 48, "max_shift": 4},
              "preprocessing": {"img_size": 48, "in_chans": 1, "mean": [0.2], "std": [0.4],
                                "range": "images in [0, 1], then (x - mean) / std"}}
     refiner.save_checkpoint(grey_model, tmp_path / "ck", extra=extra)
-    data = data_config_for(refiner.load_checkpoint(tmp_path / "ck"))
-    assert data["mean"] == [0.2] and data["std"] == [0.4] and data["img_size"] == [48, 48]
-    assert data["class_names"][:2] == ["zero", "one"] and data["dataset"] == "cluttered-mnist"
-    assert data["dataset_options"] == {"canvas_size": 48, "max_shift": 4}  # so samples match its canvases
-    assert "range" not in data
+    info = refiner.load_model(str(tmp_path / "ck")).info
+    assert info.preprocessing.mean == (0.2,) and info.preprocessing.std == (0.4,) and info.input_size == (1, 48, 48)
+    assert info.class_names[:2] == ("zero", "one") and info.dataset == "cluttered-mnist"
+    assert dict(info.dataset_options) == {"canvas_size": 48, "max_shift": 4}  # so samples match its canvases
+    assert "range" not in info.data

@@ -19,7 +19,6 @@ import torch
 import refiner
 from refiner.data import canvas_options_for
 from refiner.data.cluttered_mnist import fixed_test_set
-from refiner.image_input import data_config_for
 from refiner.training.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +57,7 @@ def test_the_pair_meets_the_shipping_rules(pair: dict) -> None:
 @pytest.mark.parametrize("name", ["vanilla", "refined"])
 def test_test_accuracy_is_what_the_model_card_states(pair: dict, name: str) -> None:
     checkpoint = pair[name]
-    data = data_config_for(checkpoint)
+    data = refiner.load_model(str(SHIPPED / name)).info.data
     assert data["dataset"] == "cluttered-mnist" and data["dataset_options"]["test_size"] == 1000
     options = canvas_options_for(data)
     images, labels, _ = fixed_test_set(**options)

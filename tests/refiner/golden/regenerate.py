@@ -28,11 +28,10 @@ def golden_tensors(directory: Path) -> Dict[str, np.ndarray]:
     from refiner.capture import capture_attention
     from refiner.data import canvas_options_for
     from refiner.data.cluttered_mnist import fixed_test_set
-    from refiner.image_input import data_config_for
     from refiner.training.evaluation import normalize_batch
 
     checkpoint = refiner.load_checkpoint(directory)
-    data = data_config_for(checkpoint)
+    data = refiner.load_model(str(directory)).info.data
     options = canvas_options_for(data)
     images, labels, _ = fixed_test_set(**options)
     batch = normalize_batch(images[:CANVASES], data["mean"], data["std"])
