@@ -17,14 +17,18 @@ from torch import nn
 from .slot import LayerSlot, additive_mask
 
 FAMILY = "transformers"
-DESCRIPTION = ("transformers ViTAttention, DeiTAttention, Dinov2Attention, Dinov2WithRegistersAttention "
-               "(via refiner.hf_vit.wrap_hf_model)")
-_CLASSES = {"ViTAttention", "DeiTAttention", "Dinov2Attention", "Dinov2WithRegistersAttention"}
+DESCRIPTION = ("transformers ViT, DeiT, Dinov2, Dinov2WithRegisters attention (ViTAttention, ...; "
+               "via refiner.hf_vit.wrap_hf_model)")
+_MODULES = {f"transformers.models.{family}.modeling_{family}" for family in
+            ("vit", "deit", "dinov2", "dinov2_with_registers")}
 
 
 def matches(attn: nn.Module) -> bool:
-    """transformers' ViT-family attention modules."""
-    return type(attn).__module__.startswith("transformers.models.") and type(attn).__name__ in _CLASSES
+    """transformers' ViT-family attention modules: ``ViTAttention`` ... and, in transformers 4, their
+    ``...SdpaAttention`` variants (the block-level module, not the inner ``...SelfAttention``)."""
+    kind = type(attn)
+    return (kind.__module__ in _MODULES and kind.__name__.endswith("Attention")
+            and (hasattr(attn, "q_proj") or hasattr(getattr(attn, "attention", None), "query")))
 
 
 def _parts(attn: nn.Module) -> Tuple[nn.Linear, nn.Linear, nn.Linear, nn.Module, int, float]:

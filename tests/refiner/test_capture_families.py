@@ -33,30 +33,37 @@ class Case(NamedTuple):
     registers: int
     grid: Tuple[int, int]
     stride: Tuple[int, int]
+    note: str = ""
+
+    @property
+    def id(self) -> str:
+        """Test id: family-model[-note] (read by scripts/supported_families.py)."""
+        return f"{self.family}-{self.name}" + (f"-{self.note}" if self.note else "")
 
 
 FAMILY_CASES: List[Case] = [
     Case("timm", "vit_small_patch16_224", dict(TINY, img_size=(48, 64)), (48, 64), 1, 0, 0, (3, 4), (16, 16)),
     Case("timm", "vit_small_patch16_224", dict(TINY, img_size=(48, 64), qk_norm=True), (48, 64), 1, 0, 0,
-         (3, 4), (16, 16)),
+         (3, 4), (16, 16), "qk_norm"),
     Case("timm", "deit_tiny_distilled_patch16_224", dict(TINY, img_size=(48, 64)), (48, 64), 2, 0, 0, (3, 4),
          (16, 16)),
     Case("timm", "vit_betwixt_patch16_reg4_gap_256", dict(TINY, img_size=(48, 64)), (48, 64), 4, None, 4,
-         (3, 4), (16, 16)),
-    Case("timm", "vit_small_r26_s32_224", dict(TINY, img_size=(64, 96)), (64, 96), 1, 0, 0, (2, 3), (32, 32)),
+         (3, 4), (16, 16), "registers_no_cls"),
+    Case("timm", "vit_small_r26_s32_224", dict(TINY, img_size=(64, 96)), (64, 96), 1, 0, 0, (2, 3), (32, 32),
+         "hybrid_stride32"),
     Case("rotary", "eva02_tiny_patch14_224", dict(TINY, img_size=(42, 56)), (42, 56), 1, 0, 0, (3, 4),
          (14, 14)),
     Case("rotary", "vit_small_patch16_rope_224", dict(TINY, img_size=(48, 64)), (48, 64), 1, 0, 0, (3, 4),
          (16, 16)),
     Case("rotary", "vit_small_patch16_dinov3", dict(TINY, img_size=(48, 64)), (48, 64), 5, 0, 4, (3, 4),
-         (16, 16)),
+         (16, 16), "registers"),
     Case("relative-position", "beitv2_base_patch16_224", dict(TINY, img_size=(48, 64)), (48, 64), 1, 0, 0,
          (3, 4), (16, 16)),
     Case("relative-position", "beit_base_patch16_224",
          dict(TINY, img_size=(48, 64), use_rel_pos_bias=False, use_shared_rel_pos_bias=True), (48, 64), 1, 0, 0,
-         (3, 4), (16, 16)),
+         (3, 4), (16, 16), "shared_bias"),
     Case("relative-position", "vit_relpos_small_patch16_224", dict(TINY, img_size=(48, 64)), (48, 64), 0, None,
-         0, (3, 4), (16, 16)),
+         0, (3, 4), (16, 16), "no_cls"),
     Case("talking-heads", "cait_xxs24_224", dict(TINY, img_size=(48, 64), depth_token_only=2), (48, 64), 0,
          None, 0, (3, 4), (16, 16)),
 ]
@@ -102,7 +109,7 @@ def eager_reference(model: torch.nn.Module, x: torch.Tensor) -> Tuple[List[torch
     return maps, out
 
 
-@pytest.mark.parametrize("case", FAMILY_CASES, ids=lambda c: f"{c.family}-{c.name}")
+@pytest.mark.parametrize("case", FAMILY_CASES, ids=lambda c: c.id)
 def test_family_maps_equal_the_eager_reference_and_leave_the_model_as_it_was(case: Case) -> None:
     model = build(case)
     for m in model.modules():  # capture must work with the fast path on
@@ -145,7 +152,7 @@ ROW_CASES = list({c.name: c for c in reversed(FAMILY_CASES) if c.name in (
     "vit_relpos_small_patch16_224", "cait_xxs24_224")}.values())
 
 
-@pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: f"{c.family}-{c.name}")
+@pytest.mark.parametrize("case", ROW_CASES, ids=lambda c: c.id)
 def test_family_query_rows_keep_exactly_those_rows(case: Case) -> None:
     model = build(case)
     x = torch.randn(1, 3, *case.image)
