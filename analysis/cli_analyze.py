@@ -76,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--per-image", type=int, default=4, help="images that get per-image figures and maps")
     output.add_argument("--attributions", action="store_true",
                         help="per-image IntegratedGradients, Saliency and attention x gradient (slower)")
-    output.add_argument("--batch-size", type=int, default=32)
+    output.add_argument("--batch-size", type=int, default=32, help="images per forward pass (dataset analysis)")
+    output.add_argument("--device", default="auto",
+                        help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps; GPUs run under bf16 autocast "
+                             "with float32 maps")
     output.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
     output.add_argument("--seed", type=int, default=0)
     output.add_argument("--no-bundle", action="store_true", help="skip bundle.zip")
@@ -91,7 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> MetricSettings:
 
 
 # ------------------------------------------------------------------------------------------------- models
-def load_model(spec: str, seed: int = 0) -> LoadedModel:
+def load_model(spec: str, seed: int = 0, device: str = "cpu") -> LoadedModel:
     """``[LABEL=]SOURCE`` through `refiner.load_model` (every source kind the app's Models page takes).
 
     Random weights (``random:NAME`` and our registered names) are drawn under ``torch.manual_seed(seed)``, so
@@ -103,7 +106,7 @@ def load_model(spec: str, seed: int = 0) -> LoadedModel:
     import refiner
 
     try:
-        return refiner.load_model(spec, seed=seed)
+        return refiner.load_model(spec, seed=seed, device=device)
     except refiner.ModelSourceError as error:
         raise ValueError(f"--model {spec!r}: {error}") from None
 
@@ -229,7 +232,10 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     settings = settings_from_args(args)
-    models = _unique_labels([load_model(spec, args.seed) for spec in args.model])
+    from refiner.device import resolve_device
+
+    device = resolve_device(getattr(args, "device", "cpu"))
+    models = _unique_labels([load_model(spec, args.seed, device) for spec in args.model])
     records = {m.label: model_record(m) for m in models}
     if expected is not None:
         _verify_models(records, expected)
@@ -421,6 +427,7 @@ def _remake(args: argparse.Namespace) -> int:
     remade.model = [f"{m['label']}={_model_spec(m)}" for m in manifest["models"]]
     remade.manifest = None
     remade.no_progress = args.no_progress
+    remade.device = args.device  # where to run is this machine's choice, not the recorded one
     remade.out = args.out or Path(args.manifest).resolve().parent / "remade"
     return _analyze(remade, expected=manifest)
 

@@ -18,7 +18,7 @@ Pooling = Literal["tokens", "cls", "mean"]
 
 @contextmanager
 def record_block_outputs(model: nn.Module) -> Iterator[List[Optional[torch.Tensor]]]:
-    """Record the (B, N, D) output of every ``model.blocks[i]`` (detached, float32).
+    """Record the (B, N, D) output of every ``model.blocks[i]`` (detached, float32, on the CPU).
 
     Yields:
         A list with one entry per block, filled in by each forward pass (the last pass wins).
@@ -28,7 +28,7 @@ def record_block_outputs(model: nn.Module) -> Iterator[List[Optional[torch.Tenso
 
     def make_hook(index: int):
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            outputs[index] = output.detach().float()
+            outputs[index] = output.detach().float().cpu()
         return hook
 
     try:

@@ -11,6 +11,7 @@ Models are used as given (they should be in eval mode; nothing about them is cha
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -51,19 +52,25 @@ class CapturedBatch:
 def run_with_capture(model: nn.Module, images: torch.Tensor) -> CapturedBatch:
     """Forward a batch with attention capture and block-output recording, without gradients.
 
+    The batch runs on the model's device; on a GPU under bf16 autocast (the maps stay float32: capture
+    recomputes them in fp32 from the block's own q and k). Everything returned is on the CPU.
+
     Args:
         model: a ViT supported by `refiner.capture_attention` (every block with the same head count).
-        images: (B, C, H, W) preprocessed inputs.
+        images: (B, C, H, W) preprocessed inputs (any device).
 
     Returns:
         `CapturedBatch`.
     """
-    with torch.no_grad(), record_block_outputs(model) as outputs, refiner.capture_attention(model) as rec:
+    device = next(model.parameters()).device
+    images = images.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with torch.no_grad(), autocast, record_block_outputs(model) as outputs, refiner.capture_attention(model) as rec:
         logits = model(images)
-    effective = rec.stacked("effective").numpy()
-    softmax = np.stack([np.full(effective[:, i].shape, np.nan, dtype=np.float32) if s is None else s.numpy()
+    effective = rec.stacked("effective").cpu().numpy()
+    softmax = np.stack([np.full(effective[:, i].shape, np.nan, dtype=np.float32) if s is None else s.cpu().numpy()
                         for i, s in enumerate(rec.softmax)], axis=1)
-    return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().numpy(),
+    return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
                          block_outputs=list(outputs), meta=rec.meta)
 
 

@@ -12,6 +12,7 @@ from typing import List
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 SERVE = Path(__file__).resolve().parent / "serve.py"
+DEVICE_ENV = "REFINER_APP_DEVICE"  # read by app.sources; set from --device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default=None,
                         help="directory of checkpoint folders for the model slots (default: ./checkpoints)")
     parser.add_argument("--browser", action="store_true", help="open a browser tab (default: headless)")
+    parser.add_argument("--device", default="auto",
+                        help="where models run: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
 
 
 def streamlit_command(args: argparse.Namespace) -> List[str]:
@@ -41,7 +44,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         print(f"refiner app: invalid port {args.port}", file=sys.stderr)
         return 2
+    from refiner.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        print(f"refiner app: {error}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
+    env[DEVICE_ENV] = str(device)
     if args.checkpoints:
         env["REFINER_APP_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())
     print(f"Serving the app on http://{args.address}:{args.port}", flush=True)

@@ -72,8 +72,14 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_source(source: str, device: str = "cpu") -> LoadedModel:
-    """Load a model source (uncached; the app wraps this in ``st.cache_resource``).
+def app_device() -> str:
+    """The device the app's models run on: ``refiner app --device`` (``$REFINER_APP_DEVICE``), default the CPU."""
+    return os.environ.get("REFINER_APP_DEVICE") or "cpu"
+
+
+def load_source(source: str, device: Optional[str] = None) -> LoadedModel:
+    """Load a model source (uncached; the app wraps this in ``st.cache_resource``) on ``device`` (default
+    `app_device`).
 
     Returns:
         `refiner.LoadedModel` whose ``info.source`` is the app's source string (the cache key and URL value).
@@ -83,7 +89,7 @@ def load_source(source: str, device: str = "cpu") -> LoadedModel:
     """
     source = source.strip()
     target = str(checkpoint_root() / source) if source in shipped_sources() else source
-    loaded = refiner.load_model(target, device=device)
+    loaded = refiner.load_model(target, device=device or app_device())
     path = source_path(source)
     label = source if source in shipped_sources() else loaded.label
     if path is not None and source not in shipped_sources():

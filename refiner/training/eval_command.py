@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="dataset option (repeatable); default: the checkpoint's own dataset options")
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
     parser.add_argument("--out", default=None,
                         help="folder for eval.json and confusion_matrix.png (default runs/eval/<checkpoint>-<dataset>)")
 
@@ -48,14 +49,14 @@ def _dataset_options(args: argparse.Namespace, data: Dict[str, Any], dataset: st
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; prints a summary and writes ``eval.json`` + ``confusion_matrix.png``. 2 on bad input."""
-    import torch
-
     from ..data import DatasetNotFoundError, build_dataset, canonical_name, dataset_info
+    from ..device import resolve_device
     from ..loading import ModelSourceError, load_model
     from .evaluation import evaluate, plot_confusion
 
     try:
-        loaded = load_model(args.checkpoint)
+        device = resolve_device(args.device)
+        loaded = load_model(args.checkpoint, device=device)
         if not (args.dataset or loaded.info.dataset):
             raise ValueError(f"{args.checkpoint} does not record the dataset it was trained on; give --dataset NAME")
         name = canonical_name(args.dataset or loaded.info.dataset or "")
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     mean, std = loaded.info.preprocessing.mean, loaded.info.preprocessing.std
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate(model.to(device), dataset, info.num_classes, mean, std, batch_size=args.batch_size, device=device)
+    result = evaluate(model, dataset, info.num_classes, mean, std, batch_size=args.batch_size, device=device,
+                      amp=device.type == "cuda")
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(args.checkpoint).resolve().name}-{name}"
     out.mkdir(parents=True, exist_ok=True)
     class_names: List[str] = list(info.class_names) or list(loaded.info.class_names)
