@@ -1,0 +1,138 @@
+"""The app's per-process store of captured maps, bounded in bytes and shared by every session.
+
+`st.cache_data` pickles what it returns and hands every reader its own unpickled copy: for Refiner-ViT-L at
+448 px one view (32 blocks x 16 heads x 785 x 785, softmax and effective) is 2.5 GB, 9.6 s to unpickle, and
+its entry count says nothing about bytes. Here a view is computed once, its arrays are made read-only, and
+every session gets the same object (no copy). Least recently used views are dropped when the bytes of the
+views kept would exceed the budget; a view larger than the whole budget is returned to its caller but not
+kept. Concurrent requests for the same view wait for one computation instead of running the model twice.
+
+The budget is ``$REFINER_APP_MAP_BUDGET_MB`` (``refiner app --map-budget-mb``), default `DEFAULT_BUDGET_MB`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Callable, Dict, Generic, Hashable, Optional, TypeVar
+
+import numpy as np
+
+BUDGET_ENV = "REFINER_APP_MAP_BUDGET_MB"
+DEFAULT_BUDGET_MB = 2048
+
+V = TypeVar("V")
+
+
+def nbytes_of(value: object) -> int:
+    """Bytes held by the numpy arrays of a dataclass instance (or by one array)."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(nbytes_of(getattr(value, f.name)) for f in fields(value))
+    return 0
+
+
+def freeze_arrays(value: V) -> V:
+    """Make every numpy array of a dataclass instance read-only, so a shared view cannot be changed in place."""
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+    elif hasattr(value, "__dataclass_fields__"):
+        for f in fields(value):
+            freeze_arrays(getattr(value, f.name))
+    return value
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What the store holds now.
+
+    Attributes:
+        entries: views kept.
+        bytes: their array bytes.
+        budget: the byte budget.
+        evictions: views dropped to stay under the budget since start.
+        too_large: views larger than the whole budget (returned, not kept) since start.
+    """
+
+    entries: int
+    bytes: int
+    budget: int
+    evictions: int
+    too_large: int
+
+
+class MapStore(Generic[V]):
+    """A thread-safe least-recently-used store bounded by the bytes of its values' arrays."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        if budget_bytes < 0:
+            raise ValueError(f"the map store budget must be >= 0 bytes, got {budget_bytes}")
+        self.budget = int(budget_bytes)
+        self._items: "OrderedDict[Hashable, V]" = OrderedDict()
+        self._sizes: Dict[Hashable, int] = {}
+        self._bytes = 0
+        self._evictions = 0
+        self._too_large = 0
+        self._lock = threading.Lock()
+        self._pending: Dict[Hashable, threading.Lock] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], V]) -> V:
+        """The value of ``key``, computed by ``compute()`` once if it is not kept (exceptions propagate and
+        nothing is stored)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            pending = self._pending.setdefault(key, threading.Lock())
+        with pending:  # one computation per key; later callers wait for it, then find it kept
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            try:
+                value = freeze_arrays(compute())
+            finally:
+                with self._lock:
+                    self._pending.pop(key, None)
+            self._put(key, value)
+            return value
+
+    def _put(self, key: Hashable, value: V) -> None:
+        size = nbytes_of(value)
+        with self._lock:
+            if size > self.budget:
+                self._too_large += 1
+                return
+            while self._items and self._bytes + size > self.budget:
+                old, _ = self._items.popitem(last=False)
+                self._bytes -= self._sizes.pop(old)
+                self._evictions += 1
+            self._items[key] = value
+            self._sizes[key] = size
+            self._bytes += size
+
+    def stats(self) -> StoreStats:
+        """Entries, bytes and budget now."""
+        with self._lock:
+            return StoreStats(len(self._items), self._bytes, self.budget, self._evictions, self._too_large)
+
+
+def budget_from_env(environ: Optional[Dict[str, str]] = None) -> int:
+    """The byte budget ``$REFINER_APP_MAP_BUDGET_MB`` asks for (`DEFAULT_BUDGET_MB` when unset).
+
+    Raises:
+        ValueError: a value that is not a non-negative number of megabytes.
+    """
+    text = (environ if environ is not None else os.environ).get(BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_BUDGET_MB * 2**20
+    try:
+        megabytes = float(text)
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV}={text!r} is not a number of megabytes") from None
+    if megabytes < 0:
+        raise ValueError(f"{BUDGET_ENV} must be >= 0, got {text}")
+    return int(megabytes * 2**20)

@@ -1,0 +1,84 @@
+"""The byte-bounded map store: least recently used views go first, nothing is copied, one computation per key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from app.map_store import MapStore, budget_from_env, nbytes_of
+
+
+@dataclass(frozen=True)
+class View:
+    maps: np.ndarray
+    probs: np.ndarray
+
+
+def view(megabytes: float) -> View:
+    return View(np.zeros(int(megabytes * 2**20) // 4, np.float32), np.ones(10, np.float32))
+
+
+def test_bytes_not_entries_bound_the_store() -> None:
+    store: MapStore[View] = MapStore(int(2.5 * 2**20) + 200)
+    a = store.get("a", lambda: view(1))
+    store.get("b", lambda: view(1))
+    assert store.stats().entries == 2 and store.stats().bytes == 2 * nbytes_of(a)
+    store.get("a", lambda: pytest.fail("kept: not recomputed"))  # "a" is now the most recently used
+    store.get("c", lambda: view(1))                                # 3 MB > budget: the oldest ("b") goes
+    stats = store.stats()
+    assert stats.entries == 2 and stats.evictions == 1 and stats.bytes <= stats.budget
+    assert store.get("a", lambda: pytest.fail("a was evicted")) is a
+    recomputed = []
+    store.get("b", lambda: recomputed.append(1) or view(1))
+    assert recomputed == [1]
+
+
+def test_a_view_larger_than_the_budget_is_returned_but_not_kept() -> None:
+    store: MapStore[View] = MapStore(2**20)
+    big = store.get("big", lambda: view(2))
+    assert big.maps.nbytes == 2 * 2**20 and store.stats().entries == 0 and store.stats().too_large == 1
+
+
+def test_shared_views_are_the_same_read_only_object() -> None:
+    store: MapStore[View] = MapStore(10 * 2**20)
+    first, second = store.get("k", lambda: view(1)), store.get("k", lambda: view(1))
+    assert first is second  # no copy per session
+    with pytest.raises(ValueError, match="read-only"):
+        first.maps[0] = 1.0
+
+
+def test_concurrent_requests_compute_once_and_errors_store_nothing() -> None:
+    store: MapStore[View] = MapStore(10 * 2**20)
+    calls = []
+
+    def slow() -> View:
+        calls.append(1)
+        time.sleep(0.2)
+        return view(0.5)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.get("k", slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and all(r is results[0] for r in results)
+
+    def broken() -> View:
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError):
+        store.get("x", broken)
+    assert store.stats().entries == 1
+
+
+def test_budget_from_the_environment() -> None:
+    assert budget_from_env({}) == 2048 * 2**20
+    assert budget_from_env({"REFINER_APP_MAP_BUDGET_MB": "512"}) == 512 * 2**20
+    for bad in ("lots", "-1"):
+        with pytest.raises(ValueError, match="REFINER_APP_MAP_BUDGET_MB"):
+            budget_from_env({"REFINER_APP_MAP_BUDGET_MB": bad})
