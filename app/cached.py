@@ -1,8 +1,9 @@
-"""The app's caches: models once per process, per-image arrays bounded, all read-only after creation.
+"""The app's caches: models once per process, captured maps in one byte-bounded store, all read-only.
 
 Several browser sessions share these caches; nothing in them is ever mutated (models are frozen in eval
-mode, arrays are returned as copies by ``st.cache_data``), and every cache has ``max_entries`` so memory
-stays bounded however many images are looked at.
+mode; the maps of `app.map_store` are read-only arrays shared without copies; images are returned as copies
+by ``st.cache_data``), and every cache is bounded (entries for images, bytes for maps) so memory stays
+bounded however many images are looked at.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Optional
 import streamlit as st
 
 from .images import ImageItem, sample_item, upload_item
+from .map_store import MapStore, budget_from_env
 from .maps import ModelView, run_model
 from .sources import LoadedModel, load_source
 
@@ -34,12 +36,23 @@ def get_upload(data: bytes) -> ImageItem:
     return upload_item(data)
 
 
-@st.cache_data(max_entries=32, show_spinner="Running the model...")
+@st.cache_resource(show_spinner=False)
+def map_store() -> MapStore[ModelView]:
+    """The one per-process store of captured views (`app.map_store`), bounded by ``$REFINER_APP_MAP_BUDGET_MB``."""
+    return MapStore(budget_from_env())
+
+
 def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
-    """Captured maps of one model on one image: the forward pass runs once per (model, image).
+    """Captured maps of one model on one image: the forward pass runs once per (model, image) while the view
+    is in the byte-bounded store; every session reads the same read-only arrays (no pickled copy).
 
     The image is named by its key (and, for uploads, its bytes, which are also what the key hashes), so
-    changing the layer, head or query token never reaches this function's body again.
+    changing the layer, head or query token never reaches the model again.
     """
-    item = get_upload(upload) if upload is not None else get_sample(image_key, canvas)
-    return run_model(get_model(source), item.image)
+    def compute() -> ModelView:
+        item = get_upload(upload) if upload is not None else get_sample(image_key, canvas)
+        with st.spinner("Running the model..."):
+            return run_model(get_model(source), item.image)
+
+    # An upload's key is the hash of its bytes, so the bytes themselves need not be part of the store's key.
+    return map_store().get((source, image_key, canvas), compute)

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoints", default=None,
                         help="directory of checkpoint folders for the model slots (default: ./checkpoints)")
     parser.add_argument("--browser", action="store_true", help="open a browser tab (default: headless)")
+    parser.add_argument("--map-budget-mb", type=float, default=None,
+                        help="bytes of captured maps the server keeps, in MB, shared by all sessions (default 2048; "
+                             "least recently used views are dropped and recomputed when needed)")
     parser.add_argument("--device", default="auto",
                         help="where models run: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
 
@@ -53,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = dict(os.environ)
     env[DEVICE_ENV] = str(device)
+    if args.map_budget_mb is not None:
+        if args.map_budget_mb < 0:
+            print("refiner app: --map-budget-mb must be >= 0", file=sys.stderr)
+            return 2
+        env["REFINER_APP_MAP_BUDGET_MB"] = str(args.map_budget_mb)
     if args.checkpoints:
         env["REFINER_APP_CHECKPOINTS"] = str(Path(args.checkpoints).resolve())
     print(f"Serving the app on http://{args.address}:{args.port}", flush=True)
