@@ -4,8 +4,10 @@ timm attention layers make q, k, v in one of three ways, and the capture reads e
 projection again where the block exposes it:
 - a fused ``qkv`` Linear that the block calls: its output, from a forward hook (free);
 - a fused ``qkv`` weight with separate ``q_bias``/``v_bias`` that the block applies with ``F.linear``
-  (BEiT, EVA): the Linear module is never called, so the projection is recomputed from the block's input
-  with the block's own weight and biases (the one case that costs a projection);
+  (BEiT, EVA): the Linear module is never called. EVA passes q and k through its ``q_norm``/``k_norm``
+  modules (identity without qk-norm), so q and k are read there and v from the same projection output;
+  BEiT calls no module in between, so its projection is recomputed from the block's input with the
+  block's own weight and biases (the one case that costs a projection);
 - separate ``q_proj``/``k_proj``/``v_proj`` Linears (unfused EVA/rotary layers): their outputs.
 """
 
@@ -48,11 +50,21 @@ def capture_qkv(attn: nn.Module, slot: LayerSlot, num_heads: int, num_kv_heads: 
         def on_call(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             store["x"] = (args[0] if args else kwargs["x"]).detach()
         slot.pre_hook(attn, on_call, with_kwargs=True)
+        norms = [getattr(attn, n, None) for n in ("q_norm", "k_norm")]
+        if all(isinstance(m, nn.Module) for m in norms):  # EVA: q and k pass through (identity) norm modules
+            for name, norm in zip("qk", norms):
+                def on_norm_input(_module: nn.Module, args: tuple, name: str = name) -> None:
+                    store[name] = args[0]  # not detached: detach() would drop the view's ``_base``
+                slot.pre_hook(norm, on_norm_input)
 
         def take_recomputed() -> Optional[QKV]:
             x = store.pop("x", None)
+            q, k = store.pop("q", None), store.pop("k", None)
             if x is None:
                 return None
+            v = None if q is None or k is None else _values_beside(q, k, num_heads)
+            if v is not None:
+                return q.detach(), k.detach(), v.detach()
             bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
             with torch.no_grad():
                 qkv = F.linear(x, weight=fused.weight, bias=bias)
@@ -83,6 +95,26 @@ def capture_qkv(attn: nn.Module, slot: LayerSlot, num_heads: int, num_kv_heads: 
         q, k, v = (store.pop(n) for n in names)
         return _heads(q, num_heads), _heads(k, kv_heads), _heads(v, kv_heads)
     return take_separate
+
+
+def _values_beside(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> Optional[torch.Tensor]:
+    """v (B, H, N, d) read from the fused projection output that the block's q and k are views of.
+
+    The block splits one (B, N, 3*H*d) tensor into q, k, v; q and k reach the norm modules as views of it
+    (``_base``), so v is the third part of the same tensor, read without computing anything. None when q
+    and k are not such views (then the projection is recomputed); the ``effective @ v`` check would
+    reject a wrong v in any case.
+    """
+    base = q._base
+    b, _, n, d = q.shape
+    width = num_heads * d
+    if base is None or k._base is not base or not base.is_contiguous() or base.numel() != b * n * 3 * width:
+        return None
+    base = base.view(b, n, 3 * width)  # F.linear may have made it as a (B*N, 3*H*d) matrix
+    if q.data_ptr() != base.data_ptr() or k.data_ptr() != base.data_ptr() + width * base.element_size():
+        return None  # q and k are not the first two parts of it
+    _, _, v = _split_fused(base, num_heads)
+    return v if v.shape == q.shape else None
 
 
 def _split_fused(qkv: torch.Tensor, num_heads: int) -> QKV:

@@ -9,7 +9,7 @@ every flag restored, the geometry (prefix tokens, CLS or not, registers, grid, s
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
 import timm
@@ -231,3 +231,40 @@ def test_unsupported_family_is_one_clear_error_listing_the_supported_ones(name: 
     assert (layer or type(model).__name__) in message
     assert all(family in message for family in SUPPORTED_FAMILIES)
     assert isinstance(info.value, TypeError) and all_hooks(model) == 0
+
+
+def test_eva_values_are_read_from_the_blocks_projection_not_recomputed(monkeypatch) -> None:
+    from refiner.capture_adapters import projections
+    found: List[bool] = []
+    original = projections._values_beside
+
+    def spy(*args):
+        v = original(*args)
+        found.append(v is not None)
+        return v
+    monkeypatch.setattr(projections, "_values_beside", spy)
+    model = build(FAMILY_CASES[5])  # eva02: fused qkv weight with q_bias/v_bias, applied by F.linear
+    assert model.blocks[0].attn.q_bias is not None
+    with torch.no_grad(), refiner.capture_attention(model, verify="all") as rec:
+        model(torch.randn(2, 3, 42, 56))
+    assert found == [True, True] and all(err < 1e-4 for err in rec.max_abs_error.values())
+    monkeypatch.setattr(projections, "_values_beside", lambda *a: None)  # the fallback recomputes, also right
+    with torch.no_grad(), refiner.capture_attention(model, verify="all") as again:
+        model(torch.randn(2, 3, 42, 56))
+    assert all(err < 1e-4 for err in again.max_abs_error.values())
+
+
+@pytest.mark.parametrize("index", [5, 8, 11])  # rotary, relative position, talking heads
+def test_family_capture_under_bf16_autocast_gives_fp32_maps(index: int) -> None:
+    case = FAMILY_CASES[index]
+    model = build(case)
+    x = torch.randn(2, 3, *case.image)
+    with torch.no_grad(), refiner.capture_attention(model) as plain:
+        model(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), refiner.capture_attention(model) as rec:
+        model(x)  # checked against the block's bf16 output
+    for maps, reference in zip(rec.effective, plain.effective):
+        assert maps.dtype == torch.float32 and maps.shape == reference.shape
+        assert torch.allclose(maps, reference, atol=5e-2)
+    for maps in rec.softmax:
+        torch.testing.assert_close(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=1e-5, rtol=0)
