@@ -51,18 +51,26 @@ MODELS: Dict[str, Tuple[str, Callable[[], nn.Module]]] = {
 }
 
 
-def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per call of each function, timed in alternation."""
+def interleaved_times(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2
+                      ) -> Dict[str, Dict[str, float]]:
+    """Per function, the median and the minimum wall time and the median process CPU time of a call, timed
+    in alternation (the order rotates each round). Under other processes' load the minimum is the least disturbed run and the CPU time
+    leaves out time this process was not running; all three are reported."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
+    wall: Dict[str, List[float]] = {k: [] for k in fns}
+    cpu: Dict[str, List[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for round_ in range(repeats):
+        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:  # rotate: no fixed neighbour
+            fn = fns[key]
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "cpu": statistics.median(cpu[k])}
+            for k in fns}
 
 
 def measure(builder: Callable[[], nn.Module], batch: int, repeats: int) -> Dict[str, float]:
@@ -88,10 +96,15 @@ def measure(builder: Callable[[], nn.Module], batch: int, repeats: int) -> Dict[
         with torch.no_grad(), refiner.capture_attention(model, verify=False):
             model(x)
 
-    t = interleaved_medians({"plain": plain, "capture": captured, "cls_row": cls_row, "unchecked": unchecked},
-                            repeats)
-    return {"plain_s": t["plain"], "capture_s": t["capture"], "ratio": t["capture"] / t["plain"],
-            "cls_row_ratio": t["cls_row"] / t["plain"], "unchecked_ratio": t["unchecked"] / t["plain"]}
+    t = interleaved_times({"plain": plain, "capture": captured, "cls_row": cls_row, "unchecked": unchecked},
+                          repeats)
+    base = t["plain"]
+    out = {"plain_s": base["median"], "capture_s": t["capture"]["median"]}
+    for key, label in (("capture", "ratio"), ("cls_row", "cls_row_ratio"), ("unchecked", "unchecked_ratio")):
+        out[label] = t[key]["median"] / base["median"]
+        out[label + "_min"] = t[key]["min"] / base["min"]
+        out[label + "_cpu"] = t[key]["cpu"] / base["cpu"]
+    return out
 
 
 def main() -> None:
@@ -103,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: Dict[str, Dict[str, object]] = {}
-    print(f"{'family':<18} {'model':<32} {'plain ms':>9} {'capture':>8} {'CLS row':>8} {'no check':>8}")
+    print("capture / plain forward: median wall time | minimum wall time | median CPU time")
+    print(f"{'family':<18} {'model':<31} {'plain ms':>8}  {'capture':<23} {'CLS row only':<23} {'no check':<23}")
     for family in args.families.split(","):
         label, builder = MODELS[family]
         try:
@@ -112,8 +126,10 @@ def main() -> None:
             print(f"{family:<18} skipped: {error}")
             continue
         results[family] = {"model": label, **r}
-        print(f"{family:<18} {label:<32} {r['plain_s'] * 1e3:9.0f} {r['ratio']:7.3f}x {r['cls_row_ratio']:7.3f}x "
-              f"{r['unchecked_ratio']:7.3f}x", flush=True)
+        cells = ["{:.2f} | {:.2f} | {:.2f}".format(r[k], r[k + "_min"], r[k + "_cpu"])
+                 for k in ("ratio", "cls_row_ratio", "unchecked_ratio")]
+        print(f"{family:<18} {label:<31} {r['plain_s'] * 1e3:8.0f}  {cells[0]:<23} {cells[1]:<23} {cells[2]:<23}",
+              flush=True)
     load = os.getloadavg()
     print(f"batch {args.batch} at 224 px, {args.threads} threads, {args.repeats} interleaved repeats; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; goal for timm ViT-S/16: <= 1.05x")
