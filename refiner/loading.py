@@ -14,6 +14,8 @@ Source strings (the same in the app's text box and in ``--model LABEL=SOURCE``):
     ``vit_small_patch16_224`` / ``timm:NAME``  a timm name with pretrained weights (network or timm's cache)
     ``hf-hub:timm/NAME`` / ``local-dir:PATH``  timm's own hub and folder names
     ``random:NAME``                            the architecture with random weights (seeded; tests and benchmarks)
+    ``NAME?img_size=448``                      any name above built at another input size (``448`` or ``384x512``;
+                                               timm resamples pretrained position embeddings to it)
 
 Our own registered names (``refiner.list_models()``) have no released weights and are built with random
 weights. Nothing is executed from a file: safetensors, ``torch.load(weights_only=True)``, JSON configs, and
@@ -98,6 +100,10 @@ def default_label(source: str) -> str:
     arch, at, path = source.partition("@")
     if at and arch and "/" not in arch:
         source = path
+    base, question, query = source.partition("?")
+    if question and "/" not in base:  # a name with options: "refiner_vit_l?img_size=448" -> "refiner_vit_l-448"
+        size = query.partition("img_size=")[2].partition("&")[0]
+        return f"{base}-{size}" if size else base
     name = Path(source.rstrip("/")).name or source
     for suffix in STATE_DICT_SUFFIXES:
         if name.endswith(suffix):
@@ -222,12 +228,42 @@ def saved_data(config: Any) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- names
+# The architecture options a name source may carry after "?": the input size only (research models are studied
+# at 384, 448, 518 px); anything else would let a source string reach arbitrary constructor arguments.
+NAME_OPTIONS = ("img_size",)
+
+
+def parse_name_options(text: str) -> Tuple[str, Dict[str, Any]]:
+    """``"refiner_vit_l?img_size=448"`` -> ("refiner_vit_l", {"img_size": (448, 448)}); ``384x512`` is (H, W).
+
+    Raises:
+        ModelSourceError: an unknown option or a size that is not one or two positive integers.
+    """
+    name, question, query = text.partition("?")
+    options: Dict[str, Any] = {}
+    if not question:
+        return name.strip(), options
+    for item in filter(None, query.split("&")):
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if key not in NAME_OPTIONS or not equals:
+            raise ModelSourceError(f"{text!r}: a model name takes only {', '.join(o + '=' for o in NAME_OPTIONS)} "
+                                   f"after '?' (e.g. {name.strip()}?img_size=448), not {item!r}")
+        parts = value.lower().replace(" ", "").split("x")
+        if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ModelSourceError(f"{text!r}: img_size must be a positive integer or HxW (e.g. 448 or 384x512), "
+                                   f"not {value!r}")
+        size = tuple(int(p) for p in parts)
+        options[key] = size * 2 if len(size) == 1 else size
+    return name.strip(), options
+
+
 def _load_name(name: str, source: str, pretrained: bool, seed: int) -> Tuple[nn.Module, ModelInfo]:
     import timm
 
     from .registry import create_model, list_models
 
-    name = name.strip()
+    name, options = parse_name_options(name)
     if not timm.is_model(name):
         try:
             create_model(name)  # raises ValueError with close matches
@@ -241,19 +277,34 @@ def _load_name(name: str, source: str, pretrained: bool, seed: int) -> Tuple[nn.
     if not pretrained:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = create_model(name)
+            model = _build(create_model, name, source, options)
         return model, describe(model, name=name, source=source, kind="random",
                                weights=f"random init (torch.manual_seed({seed}))",
                                weights_sha256=state_dict_sha256(model))
     overlay = _offline_weights_overlay(name)
     try:
-        model = create_model(name, pretrained=True, **({"pretrained_cfg_overlay": overlay} if overlay else {}))
+        model = _build(create_model, name, source, options, pretrained=True,
+                       **({"pretrained_cfg_overlay": overlay} if overlay else {}))
+    except ModelSourceError:
+        raise
     except Exception as error:  # timm raises many kinds for hub/network/cache problems
         raise ModelSourceError(f"could not get the pretrained weights of {name}: {type(error).__name__}: "
                                f"{error}. {_how_to_get_weights(name)}") from None
     return model, describe(model, name=name, source=source, kind="timm",
                            weights=f"timm pretrained ({getattr(model, 'pretrained_cfg', {}).get('tag') or 'default'})",
                            weights_sha256=state_dict_sha256(model))
+
+
+def _build(create_model: Callable[..., nn.Module], name: str, source: str, options: Dict[str, Any],
+           **kwargs: Any) -> nn.Module:
+    """``create_model(name, **options, **kwargs)``; an architecture that refuses the options says so."""
+    try:
+        return create_model(name, **options, **kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        if not options:
+            raise
+        raise ModelSourceError(f"{source!r}: {name} cannot be built with "
+                               f"{', '.join(f'{k}={v}' for k, v in options.items())}: {error}") from None
 
 
 def _has_pretrained_weights(name: str) -> bool:

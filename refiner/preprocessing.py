@@ -103,7 +103,8 @@ class Preprocessing:
         interpolation: resampling filter name ("bicubic", "bilinear", ...).
         mean: per-channel mean subtracted after scaling to [0, 1] (length C).
         std: per-channel std divided by (length C, all positive).
-        crop_pct: the centre crop covers this fraction of the resized image (1.0: no border is lost).
+        crop_pct: the centre crop covers this fraction of the resized image (1.0: no border is lost; above 1,
+            as Refiner-ViT-L's 1.13, the image is resized smaller than the input and timm's crop pads it).
         crop_mode: "center" (keep aspect, crop), "squash" (stretch, crop) or "border" (pad), as timm.
     """
 
@@ -122,8 +123,8 @@ class Preprocessing:
             raise ValueError(f"mean and std need {c} values each, got {self.mean} and {self.std}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {list(self.std)}")
-        if not 0 < self.crop_pct <= 1:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if not 0 < self.crop_pct < 4:  # timm takes any positive value; above 1 its centre crop pads
+            raise ValueError(f"crop_pct must be in (0, 4), got {self.crop_pct}")
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, not {self.crop_mode!r}")
         if self.interpolation not in INTERPOLATIONS:

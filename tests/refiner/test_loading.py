@@ -90,6 +90,22 @@ def test_random_names_are_seeded_and_described() -> None:
     assert load_model("refined_vit_micro_patch4_32").info.kind == "random"
 
 
+def test_name_options_build_another_input_size() -> None:
+    loaded = load_model("random:vit_micro_patch4_32?img_size=48x40")
+    assert loaded.info.preprocessing.img_size == (48, 40) and loaded.label == "vit_micro_patch4_32-48x40"
+    assert loaded.model(torch.zeros(1, 3, 48, 40)).shape[0] == 1
+    assert load_model("random:vit_micro_patch4_32?img_size=48").info.preprocessing.img_size == (48, 48)
+
+
+@pytest.mark.parametrize("source, word", [("random:vit_micro_patch4_32?depth=2", "only img_size"),
+                                          ("random:vit_micro_patch4_32?img_size=big", "positive integer"),
+                                          ("random:vit_micro_patch4_32?img_size=0", "positive integer"),
+                                          ("random:refiner_vit_s?img_size=30", "cannot be built")])
+def test_bad_name_options_are_refused_clearly(source: str, word: str) -> None:
+    with pytest.raises(ModelSourceError, match=word):
+        load_model(source)
+
+
 def test_offline_timm_name_fails_fast_and_says_how(offline, monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     start = time.perf_counter()

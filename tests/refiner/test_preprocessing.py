@@ -45,6 +45,19 @@ def test_loaded_timm_model_transform_keeps_crop_pct() -> None:
     assert loaded.info.view(image).size == (224, 224)
 
 
+def test_crop_pct_above_one_pads_like_timm() -> None:
+    """Refiner-ViT-L's released crop_pct is 1.13: resized below the input, then padded by the centre crop (a bug
+    refused it, so random:refiner_vit_l and the official Refiner-ViT-L weights did not load)."""
+    loaded = refiner.load_model("random:refiner_vit_l?img_size=64")
+    prep = loaded.info.preprocessing
+    assert prep.crop_pct == pytest.approx(1.13) and prep.img_size == (64, 64)
+    config = {"input_size": (3, 64, 64), "interpolation": "bicubic", "mean": prep.mean, "std": prep.std,
+              "crop_pct": 1.13, "crop_mode": "center"}
+    for size in ((300, 200), (97, 61)):
+        image = photo(*size)
+        assert (prep.transform(image) - create_transform(**config)(image)).abs().max().item() <= 1e-6
+
+
 def test_built_size_wins_over_the_pretrained_config() -> None:
     model = timm.create_model("vit_small_patch16_224", pretrained=False, depth=1, img_size=(160, 96))
     prep = Preprocessing.from_model(model)
@@ -64,7 +77,7 @@ def test_grey_model_and_recorded_mapping() -> None:
 
 
 @pytest.mark.parametrize("bad, word", [({"img_size": [0, 4]}, "positive"), ({"std": [0.0, 1, 1]}, "std"),
-                                       ({"crop_pct": 1.5}, "crop_pct"), ({"crop_mode": "zoom"}, "crop_mode"),
+                                       ({"crop_pct": -0.5}, "crop_pct"), ({"crop_mode": "zoom"}, "crop_mode"),
                                        ({"interpolation": "magic"}, "interpolation"),
                                        ({"img_size": "big"}, "preprocessing")])
 def test_bad_records_are_refused_with_the_field(bad, word) -> None:
