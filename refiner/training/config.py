@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
+from ..bounded_repr import bounded_repr
+
 
 class ConfigError(ValueError):
     """A training config has an unknown key, a value of the wrong type, or an impossible setting."""
@@ -113,8 +115,9 @@ class TrainConfig:
             problems.append("ema_decay must lie in (0, 1) or be null")
         if self.grad_clip is not None and self.grad_clip <= 0:
             problems.append("grad_clip must be > 0 or null")
-        if len(self.betas) != 2:
-            problems.append("betas must be two numbers")
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                           for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), not {bounded_repr(self.betas)}")
         if self.seed < 0:
             problems.append("seed must be >= 0")
         if self.workers < 0 or (self.threads is not None and self.threads < 1) or self.log_every < 1:
@@ -130,6 +133,8 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Fields whose values are free-form mappings: their keys are checked later by the model/dataset builders.
 _MAPPING_FIELDS = ("model_overrides", "dataset_options")
+# Values inside those mappings are plain: scalars or short flat lists (img_size [48, 48], scale_range, blocks).
+_MAX_LIST = 1024
 
 
 def _unknown_key_error(key: str, where: str) -> ConfigError:
@@ -153,18 +158,39 @@ def _check_type(key: str, value: Any) -> Any:
     if expected is not None:
         if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
             return value
-        raise ConfigError(f"config key {key!r} must be {base}, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be {base}, got {bounded_repr(value)}")
     if base.startswith("Dict") and not isinstance(value, Mapping):
-        raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
-    if base.startswith("List") and not isinstance(value, (list, tuple)):
-        raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be a mapping, got {bounded_repr(value)}")
+    if base.startswith("List") and not (isinstance(value, (list, tuple)) and len(value) <= _MAX_LIST and
+                                        all(_is_scalar(v) for v in value)):
+        raise ConfigError(f"config key {key!r} must be a list of numbers, got {bounded_repr(value)}")
     if base.startswith("Dict"):
+        for name, item in value.items():
+            _check_plain(f"{key}.{name}", item)
         return dict(value)
     if base.startswith("List"):
         return list(value)
     if base == "float":
-        raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be a number, got {bounded_repr(value)}")
     return value
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _check_plain(where: str, value: Any) -> None:
+    """A value of ``model_overrides``/``dataset_options``: a scalar or a short flat list of scalars.
+
+    Checked without walking into nested values, so a YAML alias bomb (a few hundred bytes that stand for
+    billions of items) is refused at once instead of exhausting memory when copied or quoted.
+    """
+    if _is_scalar(value):
+        return
+    if isinstance(value, (list, tuple)) and len(value) <= _MAX_LIST and all(_is_scalar(v) for v in value):
+        return
+    raise ConfigError(f"config key {where!r} must be a number, text, true/false, null or a flat list of those, "
+                      f"got {bounded_repr(value)}")
 
 
 def parse_override(text: str) -> tuple[List[str], Any]:
@@ -172,7 +198,11 @@ def parse_override(text: str) -> tuple[List[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:  # e.g. a tag such as !!python/object, which safe_load refuses
+        problem = str(getattr(error, "problem", "") or error).splitlines()[0]
+        raise ConfigError(f"override {bounded_repr(text)}: the value is not a plain YAML value ({problem})") from None
     # YAML 1.1 reads "3e-3" as a string; a number is what anyone writing it means.
     if isinstance(value, str):
         try:
@@ -192,8 +222,8 @@ def build_config(data: Mapping[str, Any], overrides: Sequence[str] = (), where: 
     """
     values: Dict[str, Any] = {}
     for key, value in data.items():
-        if key not in _FIELDS:
-            raise _unknown_key_error(str(key), where)
+        if not isinstance(key, str) or key not in _FIELDS:
+            raise _unknown_key_error(bounded_repr(key), where)
         values[key] = value
     for text in overrides:
         path, value = parse_override(text)

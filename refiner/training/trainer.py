@@ -11,6 +11,14 @@ Output directory layout::
     <output_dir>/metrics.jsonl         one JSON line per epoch
     <output_dir>/training_curve.png    loss and accuracy per epoch
 
+Every epoch ends with three writes in this order: the ``metrics.jsonl`` line, ``best`` (when improved), then
+``last``. ``last`` is the commit point: a run killed anywhere resumes from it, drops the log lines of later
+epochs and recomputes them (bit-exactly), so ``best``, ``last`` and the log always agree once resumed, and a
+kill never leaves ``last`` claiming a best accuracy that ``best/`` does not hold.
+
+A run never silently replaces another: training into an ``output_dir`` that holds one needs ``resume`` (to
+continue it) or ``overwrite`` (to delete it first).
+
 Resume is exact for a fixed world size: every random draw of a step (mixup, drop path, augmentation in the
 training process) is seeded from (seed, rank, step), the data order of an epoch from (seed, epoch), and
 cluttered-mnist canvases from (seed, epoch, index); a resumed run skips the batches the saved one had done.
@@ -19,8 +27,11 @@ cluttered-mnist canvases from (seed, epoch, index); a resumed run skips the batc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,13 +47,14 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from ..checkpoint import CheckpointError, load_training_state, save_checkpoint
+from ..bounded_repr import bounded_repr
+from ..checkpoint import CheckpointError, load_training_state, save_checkpoint, tidy_checkpoint
 from ..data import build_dataset, canonical_name, dataset_info
 from ..registry import create_model
 from .config import ConfigError, TrainConfig
 from .distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from .evaluation import evaluate, normalize_batch
-from .metrics_log import MetricsLog
+from .metrics_log import CURVE_FILE, METRICS_FILE, MetricsLog
 from .schedule import warmup_cosine_lr
 
 EXIT_OK = 0
@@ -50,6 +62,7 @@ EXIT_NON_FINITE = 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # Keys that may differ between a run and its resumption: they change where or how fast, not what is trained.
 RESUMABLE_CHANGES = ("workers", "threads", "progress", "log_every", "eval_batch_size", "data_root", "download")
+CHECKPOINTS = ("last", "best")
 
 
 class _SkipSampler(Sampler[int]):
@@ -97,13 +110,22 @@ class Trainer:
         config: the recipe.
         resume: continue from ``<output_dir>/last`` (which must exist and hold a training state).
         context: distributed context; default `init_distributed()` from the torchrun environment.
+        overwrite: delete an earlier run in ``output_dir`` when `fit` starts (without it, and without
+            ``resume``, an ``output_dir`` holding a run is refused).
+
+    Raises:
+        ConfigError: a config the data or model builders reject, an ``output_dir`` that cannot be written or
+            that holds a run (without ``resume``/``overwrite``), or a run that cannot be resumed.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, context: Optional[DistContext] = None) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, context: Optional[DistContext] = None,
+                 overwrite: bool = False) -> None:
         self.config = config
         self.context = context or init_distributed()
         self.output_dir = Path(config.output_dir)
         self.resume = resume
+        self.overwrite = overwrite and not resume
+        self._check_output_dir()
         self._stop_signal: Optional[int] = None
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -122,7 +144,59 @@ class Trainer:
             self._load_state()
 
     # ----------------------------------------------------------------------------------------------- setup
+    def _existing_run(self) -> list:
+        """What of an earlier run ``output_dir`` holds (checkpoints, their backups, the log)."""
+        out = self.output_dir
+        found = [name for name in (*CHECKPOINTS, METRICS_FILE) if (out / name).exists()]
+        found += sorted(p.name for which in CHECKPOINTS for p in out.glob(f"{which}.old-*")) if out.is_dir() else []
+        return found
+
+    def _check_output_dir(self) -> None:
+        """Refuse, before any work, an output_dir that cannot be written or that holds a run to keep."""
+        out = self.output_dir
+        if not self.resume and not self.overwrite:
+            found = self._existing_run()
+            if found:
+                raise ConfigError(f"{out} already holds a training run ({', '.join(found)}); continue it with "
+                                  f"--resume, replace it with --overwrite (deletes it), or choose another "
+                                  f"output_dir")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            kind = ("a part of the path is a file, not a folder" if error.errno in (errno.ENOTDIR, errno.EEXIST)
+                    else "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error))
+            raise ConfigError(f"output_dir {out} cannot be written: {kind} ({error.filename or out})") from None
+
+    def _remove_earlier_run(self) -> None:
+        """``overwrite``: delete the earlier run's checkpoints, log and curve (rank 0, when `fit` starts)."""
+        out = self.output_dir
+        for which in CHECKPOINTS:
+            for path in [out / which, *out.glob(f"{which}.old-*"), *out.glob(f".{which}.tmp-*")]:
+                shutil.rmtree(path, ignore_errors=True)
+        for name in (METRICS_FILE, CURVE_FILE):
+            (out / name).unlink(missing_ok=True)
+
+    def _tidy_output_dir(self) -> None:
+        """Delete what killed saves and plots left behind (rank 0, once every process has loaded its state)."""
+        for which in CHECKPOINTS:
+            tidy_checkpoint(self.output_dir / which)
+        for leftover in (f"{METRICS_FILE}.tmp", f".{CURVE_FILE}.tmp.png"):
+            (self.output_dir / leftover).unlink(missing_ok=True)
+
     def _build_data(self) -> None:
+        try:
+            self._build_data_unchecked()
+        except ConfigError:
+            raise
+        except FileNotFoundError:  # DatasetNotFoundError: its message says where to put the data
+            raise
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError(f"dataset {self.config.dataset!r}: {str(error).splitlines()[0]}") from None
+
+    def _build_data_unchecked(self) -> None:
         cfg = self.config
         self.dataset_name = canonical_name(cfg.dataset)
         options = dict(cfg.dataset_options)
@@ -186,8 +260,12 @@ class Trainer:
                      **({"drop_path_rate": cfg.drop_path} if cfg.drop_path else {}), **cfg.model_overrides}
         try:
             model = create_model(cfg.model, **overrides)
-        except TypeError as error:
-            raise ConfigError(f"model {cfg.model!r} rejects the overrides {overrides}: {error}") from None
+        except ValueError as error:  # unknown name (with close matches) or a size the model refuses
+            raise ConfigError(f"model {cfg.model!r}: {str(error).splitlines()[0]}") from None
+        except (TypeError, AssertionError, RuntimeError) as error:
+            raise ConfigError(f"model {cfg.model!r} rejects the overrides {bounded_repr(overrides, 200)}: "
+                              f"{bounded_repr(str(error).splitlines()[0] if str(error) else type(error).__name__, 300)}"
+                              ) from None
         self._check_input_size(model)
         self.model = model.to(self.context.device)
         self.ddp_model: nn.Module = self.model
@@ -285,6 +363,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
+        # `last` is the commit point: lines and a `best` of epochs after it come from a killed run and are
+        # recomputed (bit-exactly) by this one.
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.best_accuracy = float(state["best_accuracy"])
@@ -376,7 +456,12 @@ class Trainer:
         cfg = self.config
         main = self.context.is_main
         log = MetricsLog(self.output_dir) if main else None
+        # Every process has loaded its state before rank 0 moves backups into place or deletes anything.
+        barrier(self.context)
         if main:
+            if self.overwrite:
+                self._remove_earlier_run()
+            self._tidy_output_dir()
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "config.yaml", "w", encoding="utf-8") as handle:
                 yaml.safe_dump({**cfg.to_dict(), "git_commit": self.git_commit}, handle, sort_keys=False)
@@ -411,9 +496,11 @@ class Trainer:
             if not finite:
                 bar.close()
                 if self.context.is_main:
+                    last = self.output_dir / "last"
+                    kept = (f"The last good checkpoint is kept in {last}" if last.is_dir() else
+                            "No checkpoint had been saved yet, so none is kept")
                     print(f"non-finite loss ({float(loss)}) at step {self.step} (epoch {self.epoch + 1}); stopping. "
-                          f"The last good checkpoint is kept in {self.output_dir / 'last'}; lower lr or enable "
-                          f"grad_clip.", file=sys.stderr)
+                          f"{kept}; lower lr or enable grad_clip.", file=sys.stderr)
                 return EXIT_NON_FINITE
             self.step_in_epoch += 1
             loss_sum += float(loss) * len(labels)
@@ -455,13 +542,15 @@ class Trainer:
         if improved:
             self.best_accuracy = result.accuracy
         record["best_accuracy"] = self.best_accuracy
-        # `last` first: if the process dies between the two saves, resume still finds this epoch done.
-        self.save("last", record)
-        if improved:
-            self.save("best", record, with_state=False)
+        # The log line, then `best`, then `last` (the commit point; see the module docstring): a kill between
+        # any two leaves `last` at the previous epoch, whose resume drops this line and redoes this epoch.
         if log is not None:
             log.append(record)
-            log.plot(cfg.eval_split)
+        if improved:
+            self.save("best", record, with_state=False)
+        self.save("last", record)
+        if log is not None:
+            log.plot(cfg.eval_split)  # derived from the log: redrawn every epoch, so last of all
             print(f"epoch {self.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} acc "
                   f"{record['train_accuracy']:.4f} | {cfg.eval_split} acc {result.accuracy:.4f} "
                   f"(best {self.best_accuracy:.4f}) | {record['train_images_per_s']:.0f} img/s", file=sys.stderr)
