@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import refinement_fused
 from .refinement_autograd import ExpandNormReLU6, NormReLU6, ReduceNorm, update_running_stats
 
 Layout = Literal["sequence", "spatial"]
@@ -79,6 +80,11 @@ class AttentionRefinement(nn.Module):
         """
         if not self.training:
             return self._forward_folded(attn, num_prefix_tokens, grid_size)
+        if refinement_fused.fused_wanted(attn):
+            try:
+                return refinement_fused.fused_body_step(self, attn, num_prefix_tokens, grid_size)
+            except Exception as error:  # noqa: BLE001 - any compiler failure; the eager path re-raises real errors
+                refinement_fused.mark_failed(error)
         device = attn.device.type
         if torch.is_autocast_enabled(device):
             # The Body runs in fp32 under autocast (as BatchNorm would): its statistics need it, and it is

@@ -137,3 +137,62 @@ def test_training_step_of_a_large_batch_is_closer_to_float64_than_the_nn_layer_b
     for got, before, want in zip(flat(new), flat(old), flat(exact)):
         error, error_before = (got.double() - want).norm(), (before.double() - want).norm()
         assert error <= error_before * 1.01 + 1e-12 and error <= 1e-2 * want.norm()
+
+
+def _inductor_cpu_available() -> bool:
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.skipif(not _inductor_cpu_available(), reason="inductor's CPU backend needs a C++ compiler")
+@pytest.mark.parametrize("layout", ["sequence", "spatial"])
+def test_fused_gpu_path_compiled_for_the_cpu_equals_the_nn_layer_body(layout: str) -> None:
+    # The compiled path that CUDA training takes, compiled here with inductor's C++ backend (the same graph
+    # Triton gets on a GPU): values, gradients and running statistics of two steps as the layer stack.
+    from refiner import refinement_fused
+
+    new = _randomised_body(layout, False, torch.float32).train()
+    old = copy.deepcopy(new)
+    attn = _attention(torch.float32)
+    torch.manual_seed(3)
+    grad = torch.randn(attn.shape)
+    out_new, dx_new, grads_new = _run(new, refinement_fused.fused_body_step, attn, grad)
+    out_old, dx_old, grads_old = _run(old, reference_body, attn, grad)
+    torch.testing.assert_close(out_new, out_old, atol=2e-5 * float(out_old.abs().max()), rtol=2e-5)
+    torch.testing.assert_close(dx_new, dx_old, atol=2e-5 * float(dx_old.abs().max()), rtol=2e-5)
+    for name, ref in grads_old.items():
+        torch.testing.assert_close(grads_new[name], ref, atol=2e-5 * float(ref.abs().max()) + 1e-6, rtol=2e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    for (name, a), (_, b) in zip(new.named_buffers(), old.named_buffers()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fused_path_is_taken_only_for_cuda_maps_and_can_be_switched_off(monkeypatch) -> None:
+    from refiner import refinement_fused
+
+    cpu_maps = torch.rand(1, 2, 4, 4)
+    assert not refinement_fused.fused_wanted(cpu_maps)
+    meta_cuda = torch.empty(1, 2, 4, 4, device="meta")
+    monkeypatch.setattr(type(meta_cuda), "is_cuda", property(lambda self: True))
+    assert refinement_fused.fused_wanted(meta_cuda)
+    monkeypatch.setenv(refinement_fused.ENV_SWITCH, "0")
+    assert not refinement_fused.fused_wanted(meta_cuda)
+
+
+def test_a_failed_compilation_warns_once_and_falls_back_to_the_eager_body(monkeypatch) -> None:
+    from refiner import refinement_fused
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no triton here")
+
+    monkeypatch.setattr(refinement_fused, "_failed", False)
+    monkeypatch.setattr(refinement_fused, "fused_body_step", broken)
+    monkeypatch.setattr(refinement_fused, "fused_wanted", lambda attn: not refinement_fused._failed)
+    body = _randomised_body("sequence", False, torch.float64).train()
+    old = copy.deepcopy(body)
+    attn = _attention(torch.float64)
+    with pytest.warns(RuntimeWarning, match="no triton here"):
+        out = body(attn)
+    torch.testing.assert_close(out, reference_body(old, attn))
+    assert refinement_fused._failed and int(body.expand_norm.num_batches_tracked) == 1
