@@ -80,17 +80,22 @@ class AttentionRefinement(nn.Module):
         """
         if not self.training:
             return self._forward_folded(attn, num_prefix_tokens, grid_size)
+        device = attn.device.type
+        if torch.is_autocast_enabled(device):
+            # The Body runs in fp32 under autocast (as BatchNorm would), on both paths: its statistics need
+            # it, and it is memory-bound, so lower precision would buy little.
+            with torch.autocast(device, enabled=False):
+                return self._forward_train_fp32(attn.float(), num_prefix_tokens, grid_size)
+        return self._forward_train_fp32(attn, num_prefix_tokens, grid_size)
+
+    def _forward_train_fp32(self, attn: torch.Tensor, num_prefix_tokens: int,
+                            grid_size: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """Training-mode forward outside autocast: the fused GPU path where it applies, else the eager one."""
         if refinement_fused.fused_wanted(attn):
             try:
                 return refinement_fused.fused_body_step(self, attn, num_prefix_tokens, grid_size)
             except Exception as error:  # noqa: BLE001 - any compiler failure; the eager path re-raises real errors
                 refinement_fused.mark_failed(error)
-        device = attn.device.type
-        if torch.is_autocast_enabled(device):
-            # The Body runs in fp32 under autocast (as BatchNorm would): its statistics need it, and it is
-            # memory-bound, so lower precision would buy little.
-            with torch.autocast(device, enabled=False):
-                return self._forward_train(attn.float(), num_prefix_tokens, grid_size)
         return self._forward_train(attn, num_prefix_tokens, grid_size)
 
     def _forward_train(self, attn: torch.Tensor, num_prefix_tokens: int,

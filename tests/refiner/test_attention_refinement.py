@@ -196,3 +196,22 @@ def test_a_failed_compilation_warns_once_and_falls_back_to_the_eager_body(monkey
         out = body(attn)
     torch.testing.assert_close(out, reference_body(old, attn))
     assert refinement_fused._failed and int(body.expand_norm.num_batches_tracked) == 1
+
+
+def test_fused_path_under_autocast_gets_fp32_maps_outside_autocast(monkeypatch) -> None:
+    # bf16 training on a GPU: the compiled Body must see what the eager one sees (fp32 maps, autocast off), or
+    # its convolutions would run in bf16 and its BatchNorm statistics would differ from the eager path's.
+    from refiner import refinement_fused
+
+    seen = {}
+
+    def recording(body, attn, num_prefix_tokens=0, grid_size=None):
+        seen["dtype"], seen["autocast"] = attn.dtype, torch.is_autocast_enabled("cpu")
+        return body._forward_train(attn, num_prefix_tokens, grid_size)
+
+    monkeypatch.setattr(refinement_fused, "fused_wanted", lambda attn: True)
+    monkeypatch.setattr(refinement_fused, "fused_body_step", recording)
+    body = _randomised_body("sequence", False, torch.float32).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = body(_attention(torch.bfloat16))
+    assert seen == {"dtype": torch.float32, "autocast": False} and out.dtype == torch.float32
