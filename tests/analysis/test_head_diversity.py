@@ -65,3 +65,32 @@ def test_kernel_pca_embedding_equals_pca_on_the_features() -> None:
     reference = PCA(2).fit(flat)
     np.testing.assert_allclose(np.abs(emb.coords), np.abs(reference.transform(flat)), atol=1e-8)
     np.testing.assert_allclose(emb.explained_variance_ratio, reference.explained_variance_ratio_, atol=1e-10)
+
+
+def _scipy_js_matrix(maps: np.ndarray) -> np.ndarray:
+    """Independent reference: scipy's Jensen-Shannon distance (base 2) of every row pair, in float64."""
+    from scipy.spatial.distance import jensenshannon
+
+    maps = maps.astype(np.float64)
+    layers, heads = maps.shape[:2]
+    out = np.zeros((layers, heads, heads))
+    for layer in range(layers):
+        for a in range(heads):
+            for b in range(heads):
+                if a != b:
+                    out[layer, a, b] = np.mean(jensenshannon(maps[layer, a], maps[layer, b], base=2, axis=-1))
+    return out
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-2, 1e-3, 1e-5])
+def test_js_of_float32_maps_equals_a_float64_reference(spread: float) -> None:
+    # spread 1: unrelated heads (the float32 fast path); small spreads: nearly identical heads, where the entropy
+    # difference cancels and rows are computed again in float64. Sparse rows (exact zeros) included.
+    rng = np.random.default_rng(3)
+    base = rng.random((1, 1, 12, 12))
+    maps = base + spread * rng.random((2, 5, 12, 12))
+    maps[..., :3] *= rng.random((2, 5, 12, 3)) > 0.5
+    maps = (maps / maps.sum(-1, keepdims=True)).astype(np.float32)
+    got = head_js_matrix(maps, "none")
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _scipy_js_matrix(maps), atol=1e-6)
