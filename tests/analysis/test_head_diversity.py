@@ -94,3 +94,14 @@ def test_js_of_float32_maps_equals_a_float64_reference(spread: float) -> None:
     got = head_js_matrix(maps, "none")
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, _scipy_js_matrix(maps), atol=1e-6)
+
+
+def test_head_embedding_of_float32_maps_in_column_blocks_equals_float64(monkeypatch) -> None:
+    import analysis.head_diversity as module
+
+    maps = {"a": softmax_maps(3, 4, 9, seed=1), "b": softmax_maps(2, 4, 9, seed=2)}
+    expected = head_embedding(maps)  # float64 maps: one product
+    monkeypatch.setattr(module, "_GRAM_COLUMNS", 10)  # 81 features in 9 blocks
+    got = head_embedding({k: v.astype(np.float32) for k, v in maps.items()})
+    np.testing.assert_allclose(np.abs(got.coords), np.abs(expected.coords), atol=1e-5)
+    np.testing.assert_allclose(got.explained_variance_ratio, expected.explained_variance_ratio, atol=1e-6)
