@@ -33,6 +33,7 @@ from refiner import LoadedModel
 from refiner.checkpoint import sha256_of_file
 
 from .attention_metrics import MetricSettings
+from .dataset import DEFAULT_MAP_BUDGET_BYTES
 from .normalization import NORMALIZE_MODES
 
 DEFAULT_FORMATS = "png,svg,pdf,html"
@@ -77,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--attributions", action="store_true",
                         help="per-image IntegratedGradients, Saliency and attention x gradient (slower)")
     output.add_argument("--batch-size", type=int, default=32, help="images per forward pass (dataset analysis)")
+    output.add_argument("--map-budget-mb", type=float, default=DEFAULT_MAP_BUDGET_BYTES / 2**20,
+                        help="most captured maps held at once in dataset analysis; larger batches run in chunks "
+                             f"(default {DEFAULT_MAP_BUDGET_BYTES // 2**20} MB)")
     output.add_argument("--device", default="auto",
                         help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps; GPUs run under bf16 autocast "
                              "with float32 maps")
@@ -283,7 +287,7 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
         # Dataset statistics over the folder (one batch per image keeps differing preprocessing simple).
         batches = (({label: i.inputs[label][None] for label in modules},
                     None if i.box is None else torch.tensor([i.box])) for i in items)
-        analysis = _dataset_over_items(modules, batches, settings, len(items), progress)
+        analysis = _dataset_over_items(modules, batches, settings, len(items), progress, _map_budget(args))
         source = {"images": str(args.images.resolve()), "count": len(items)}
     else:
         from refiner.training.distributed import init_distributed, shutdown
@@ -308,7 +312,7 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
                                     record={"dataset": info.name, "split": args.split, "index": index}))
         per_image(firsts)
         analysis = analyze_dataset(modules, loader, settings, preprocess=preprocess, progress=progress and
-                                   context.is_main, total=len(shard))
+                                   context.is_main, total=len(shard), map_budget_bytes=_map_budget(args))
         if not context.is_main:
             shutdown(context)
             return 0
@@ -349,8 +353,14 @@ def _merge(parts: list, settings: MetricSettings):
                          **_comparisons(models, settings, "pca"))
 
 
+def _map_budget(args: argparse.Namespace) -> int:
+    if not args.map_budget_mb > 0:
+        raise SystemExit(f"refiner analyze: --map-budget-mb must be positive, got {args.map_budget_mb}")
+    return int(args.map_budget_mb * 2**20)
+
+
 def _dataset_over_items(modules: Dict[str, nn.Module], batches, settings: MetricSettings, total: int,
-                        progress: bool):
+                        progress: bool, map_budget_bytes: int = DEFAULT_MAP_BUDGET_BYTES):
     """`analyze_dataset` when each model has its own input tensor (per-model preprocessing of files)."""
     from .dataset import analyze_dataset
 
@@ -367,7 +377,8 @@ def _dataset_over_items(modules: Dict[str, nn.Module], batches, settings: Metric
 
     # Each model picks its own tensor of the current item; the shared stream only carries boxes.
     preprocess = {label: (lambda _x, label=label: selected[label]) for label in modules}
-    return analyze_dataset(modules, stream(), settings, preprocess=preprocess, progress=progress, total=total)
+    return analyze_dataset(modules, stream(), settings, preprocess=preprocess, progress=progress, total=total,
+                           map_budget_bytes=map_budget_bytes)
 
 
 def _write(path: Path, content, files: Dict[str, Path], root: Path) -> None:

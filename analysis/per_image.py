@@ -30,58 +30,92 @@ from .similarity import cross_layer_similarity
 PAIR_SEPARATOR = "|"
 
 
+MAP_KINDS = ("effective", "softmax")
+
+
 @dataclass
 class CapturedBatch:
     """One forward pass of a batch with its attention and block outputs, as numpy.
 
     Attributes:
-        effective: (B, L, H, N, N) float32 maps that multiply V.
-        softmax: (B, L, H, N, N) float32 softmax maps; NaN for blocks that compute none.
+        effective: (B, L, H, N, N) float32 maps that multiply V (None when not asked for).
+        softmax: (B, L, H, N, N) float32 softmax maps; NaN for blocks that compute none (None when not asked for).
         logits: (B, num_classes) float32.
         block_outputs: per block, (B, N, D) float32 token representations.
         meta: geometry of the pass.
     """
 
-    effective: np.ndarray
-    softmax: np.ndarray
+    effective: Optional[np.ndarray]
+    softmax: Optional[np.ndarray]
     logits: np.ndarray
     block_outputs: List[torch.Tensor]
     meta: refiner.AttentionMeta
 
+    @property
+    def map_bytes(self) -> int:
+        """Bytes of the maps held (both kinds when both were captured)."""
+        return sum(m.nbytes for m in (self.effective, self.softmax) if m is not None)
 
-def run_with_capture(model: nn.Module, images: torch.Tensor) -> CapturedBatch:
+
+def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = MAP_KINDS) -> CapturedBatch:
     """Forward a batch with attention capture and block-output recording, without gradients.
 
     The batch runs on the model's device; on a GPU under bf16 autocast (the maps stay float32: capture
-    recomputes them in fp32 from the block's own q and k). Everything returned is on the CPU.
+    recomputes them in fp32 from the block's own q and k). Everything returned is on the CPU. Each layer's
+    maps are moved into the returned arrays one at a time and released from the capture as they go, so the
+    peak is one copy of the maps asked for (stacking them would hold two: 2.5 GB more per kind for one image
+    of Refiner-ViT-L at 448 px).
 
     Args:
         model: a ViT supported by `refiner.capture_attention` (every block with the same head count).
         images: (B, C, H, W) preprocessed inputs (any device).
+        kinds: which maps to return ("effective", "softmax"); the others are None.
 
     Returns:
         `CapturedBatch`.
     """
+    unknown = set(kinds) - set(MAP_KINDS)
+    if unknown:
+        raise ValueError(f"kinds must be among {MAP_KINDS}, got {sorted(unknown)}")
     device = next(model.parameters()).device
     images = images.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with torch.no_grad(), autocast, record_block_outputs(model) as outputs, refiner.capture_attention(model) as rec:
         logits = model(images)
-    effective = rec.stacked("effective").cpu().numpy()
-    softmax = np.stack([np.full(effective[:, i].shape, np.nan, dtype=np.float32) if s is None else s.cpu().numpy()
-                        for i, s in enumerate(rec.softmax)], axis=1)
+    skip = set(rec.meta.class_attention_layers)  # CaiT's CLS-only layers have another shape (see `stacked`)
+    layers = [i for i, m in enumerate(rec.effective) if m is not None and i not in skip]
+    softmax = _release_into_array(rec.softmax, layers, rec.effective) if "softmax" in kinds else None
+    effective = _release_into_array(rec.effective, layers) if "effective" in kinds else None
     return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
                          block_outputs=list(outputs), meta=rec.meta)
 
 
+def _release_into_array(maps: List[Optional[torch.Tensor]], layers: Sequence[int],
+                        shape_from: Optional[List[Optional[torch.Tensor]]] = None) -> np.ndarray:
+    """(B, L, H, Q, N) float32 of the captured ``maps`` at ``layers``, dropping each tensor once copied; a layer
+    without a map (no softmax) is NaN, shaped like ``shape_from`` at that layer."""
+    reference = (shape_from or maps)[layers[0]]
+    batch, heads, queries, keys = reference.shape
+    out = np.empty((batch, len(layers), heads, queries, keys), dtype=np.float32)
+    for column, layer in enumerate(layers):
+        tensor = maps[layer]
+        if tensor is None:
+            out[:, column] = np.nan
+            continue
+        out[:, column] = tensor.detach().float().cpu().numpy()
+        maps[layer] = None
+    return out
+
+
 def metric_maps(batch: CapturedBatch, settings: MetricSettings) -> np.ndarray:
     """The maps the metrics read, (B, L, H, N, N), according to ``settings.map_kind``."""
-    if settings.map_kind == "effective":
-        return batch.effective
-    if np.isnan(batch.softmax).any():
+    maps = batch.effective if settings.map_kind == "effective" else batch.softmax
+    if maps is None:
+        raise ValueError(f"map_kind={settings.map_kind!r} but this batch was captured without those maps")
+    if settings.map_kind == "softmax" and np.isnan(maps).any():
         raise ValueError("map_kind='softmax' but some blocks compute no softmax map (official Refiner-ViT "
                          "shared blocks); use map_kind='effective'")
-    return batch.softmax
+    return maps
 
 
 def top_k(logits: np.ndarray, k: int = 5, class_names: Optional[Sequence[str]] = None

@@ -74,6 +74,32 @@ def test_analyze_dataset_streams_batches_of_two_models() -> None:
     assert overall.p_value.shape == (1,)
 
 
+def test_a_map_budget_splits_batches_without_changing_any_statistic(monkeypatch) -> None:
+    import analysis.per_image as per_image
+
+    torch.manual_seed(0)
+    models = {"vanilla": refiner.create_model("vit_micro_patch4_32").eval(),
+              "refined": refiner.create_model("refined_vit_micro_patch4_32").eval()}
+    batches = [(torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,)), torch.tensor([[4, 4, 20, 28]] * 6))
+               for _ in range(2)]
+    passes: list = []
+    real = per_image.run_with_capture
+    monkeypatch.setattr("analysis.dataset.run_with_capture",
+                        lambda model, images, kinds: passes.append(len(images)) or real(model, images, kinds))
+    whole = analyze_dataset(models, batches, MetricSettings())
+    assert passes == [1, 5, 1, 5, 6, 6]  # one image first, then the rest of the batch (fits in 1 GiB)
+    passes.clear()
+    one_map = 4 * 4 * 65 * 65 * 4  # one image's effective maps: L x H x N x N float32
+    chunked = analyze_dataset(models, batches, MetricSettings(), map_budget_bytes=2 * one_map)
+    assert passes == [1, 2, 2, 1] + [1, 2, 2, 1] + [2, 2, 2] * 2
+    for name in models:
+        for key in ("head_diversity", "distance_px", "cls_in_box", "similarity"):
+            np.testing.assert_allclose(chunked.accumulators[name].mean(key), whole.accumulators[name].mean(key))
+        assert chunked.accuracy(name) == whole.accuracy(name)
+    for key in whole.cka:
+        np.testing.assert_allclose(chunked.cka[key], whole.cka[key], atol=1e-10)
+
+
 def test_reduction_under_a_single_process_group(tmp_path) -> None:
     import torch.distributed as dist
 

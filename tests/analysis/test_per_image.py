@@ -6,7 +6,7 @@ import torch
 
 import refiner
 from analysis.attention_metrics import METRICS, MetricSettings
-from analysis.per_image import analyze_image, top_k
+from analysis.per_image import analyze_image, run_with_capture, top_k
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,15 @@ def test_top_k_orders_probabilities() -> None:
     assert [i for i, _, _ in top_k(np.array([0.1, 3.0, 2.0]), k=2)] == [1, 2]
     with pytest.raises(ValueError, match="one"):
         analyze_image({}, torch.rand(1, 3, 8, 8))
+
+
+def test_run_with_capture_returns_only_the_kinds_asked_for_and_releases_the_capture(pair) -> None:
+    images = torch.rand(2, 3, 32, 32)
+    both = run_with_capture(pair["refined"], images)
+    only = run_with_capture(pair["refined"], images, kinds=("effective",))
+    assert only.softmax is None and only.effective.shape == (2, 4, 4, 65, 65)
+    np.testing.assert_array_equal(only.effective, both.effective)
+    assert both.map_bytes == 2 * only.map_bytes
+    assert not np.allclose(both.softmax, both.effective)  # the refined block changes its softmax map
+    with pytest.raises(ValueError, match="kinds"):
+        run_with_capture(pair["refined"], images, kinds=("rollout",))
