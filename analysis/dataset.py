@@ -346,7 +346,8 @@ class DatasetAnalysis:
         accumulators: model label -> `MetricAccumulator`.
         settings: metric settings.
         cka: "A" -> (La, La) within-model minibatch CKA, "A|B" -> (La, Lb) across models (images as examples,
-            CLS-token features); absent when no batch had >= 4 images.
+            CLS-token features, or the mean patch token of a model without a class token); absent when no batch
+            had >= 4 images.
         correct: model label -> number of correctly classified images (when labels were given).
         images: number of images analysed.
         depths: model label -> L.
@@ -498,12 +499,14 @@ def _accumulate_batch(model: nn.Module, images: torch.Tensor, labels: Optional[t
         if labels is not None:
             result.correct[name] = result.correct.get(name, 0) + int(
                 (captured.logits.argmax(axis=1) == labels[start:stop].numpy()).sum())
-        if meta.num_prefix_tokens > 0:
-            pooled.append(pool_block_outputs(captured.block_outputs, "cls", meta.num_prefix_tokens))
+        # CLS-token features; a model without a class token gets its mean patch token instead.
+        pooling = "cls" if meta.class_token_index is not None and meta.num_prefix_tokens > 0 else "mean"
+        pooled.append(pool_block_outputs(captured.block_outputs, pooling, meta.num_prefix_tokens,
+                                         meta.class_token_index))
         del captured, maps
         start = stop
-    # The unbiased HSIC needs >= 4 examples per minibatch; CLS features need a prefix token.
-    if count >= 4 and pooled:
+    # The unbiased HSIC needs >= 4 examples per minibatch.
+    if count >= 4:
         return [np.concatenate(layer) for layer in zip(*pooled)]
     return None
 

@@ -27,8 +27,10 @@ def record_block_outputs(model: nn.Module) -> Iterator[List[Optional[torch.Tenso
     handles = []
 
     def make_hook(index: int):
-        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            outputs[index] = output.detach().float().cpu()
+        def hook(_module: nn.Module, _args: tuple, output: object) -> None:
+            # Some blocks return (tokens, extra): the official Refiner-ViT's (x, attn), transformers' layers.
+            tokens = output[0] if isinstance(output, (tuple, list)) else output
+            outputs[index] = tokens.detach().float().cpu()
         return hook
 
     try:
@@ -40,15 +42,17 @@ def record_block_outputs(model: nn.Module) -> Iterator[List[Optional[torch.Tenso
             handle.remove()
 
 
-def pool_block_outputs(outputs: List[Optional[torch.Tensor]], pooling: Pooling, num_prefix_tokens: int
-                       ) -> List[np.ndarray]:
+def pool_block_outputs(outputs: List[Optional[torch.Tensor]], pooling: Pooling, num_prefix_tokens: int,
+                       class_token_index: Optional[int] = 0) -> List[np.ndarray]:
     """Turn recorded block outputs into CKA feature matrices.
 
     Args:
         outputs: per block, (B, N, D) tensors.
         pooling: "tokens": one image's tokens are the examples, (N, D) per layer (B must be 1);
-            "cls": the first prefix token, (B, D); "mean": mean over patch tokens, (B, D).
+            "cls": the class token, (B, D); "mean": mean over patch tokens, (B, D).
         num_prefix_tokens: K.
+        class_token_index: the class token's index ("cls" pooling; None for a model without one, which
+            "cls" refuses rather than reading a register token).
 
     Returns:
         Per layer, an (examples, D) float32 array.
@@ -60,9 +64,9 @@ def pool_block_outputs(outputs: List[Optional[torch.Tensor]], pooling: Pooling, 
             raise ValueError("pooling='tokens' treats one image's tokens as examples; pass a batch of one")
         return [o[0].numpy() for o in outputs]
     if pooling == "cls":
-        if num_prefix_tokens < 1:
-            raise ValueError("pooling='cls' needs a prefix token")
-        return [o[:, 0].numpy() for o in outputs]
+        if num_prefix_tokens < 1 or class_token_index is None:
+            raise ValueError("pooling='cls' needs a class token; use pooling='mean' for this model")
+        return [o[:, class_token_index].numpy() for o in outputs]
     if pooling == "mean":
         return [o[:, num_prefix_tokens:].mean(dim=1).numpy() for o in outputs]
     raise ValueError(f"pooling must be 'tokens', 'cls' or 'mean', got {pooling!r}")

@@ -139,3 +139,15 @@ def test_two_process_reduction_sums_and_gathers_in_rank_order(tmp_path) -> None:
     assert int(result["images"]) == 3
     np.testing.assert_allclose(result["curves"], [[0, 10], [1, 10], [1, 11]])
     np.testing.assert_allclose(result["mean"], [2 / 3, 31 / 3])
+
+
+def test_dataset_cka_of_tuple_returning_blocks_and_models_without_a_class_token() -> None:
+    # The official Refiner-ViT's blocks return (x, attn); a register model's first prefix token is no CLS.
+    torch.manual_seed(0)
+    models = {"official": refiner.create_model("refiner_vit_s", depth=2, img_size=32, num_classes=10).eval(),
+              "registers": refiner.load_model("random:vit_betwixt_patch16_reg4_gap_256?img_size=32").model}
+    batches = [torch.rand(4, 3, 32, 32)]
+    result = analyze_dataset(models, batches, MetricSettings())
+    assert result.images == 4 and {"official", "registers"} <= set(result.cka)
+    np.testing.assert_allclose(np.diagonal(result.cka["registers"]), 1.0)
+    assert "cls_entropy" not in result.accumulators["registers"].sums
