@@ -20,7 +20,7 @@ import platform
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import plotly.graph_objects as go
@@ -148,16 +148,31 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
         if browser_path() is None:
             raise ExportError(NO_BROWSER_MESSAGE)
         paths = [directory / f"{stem}.{fmt}" for stem, _fig, fmt in static]
-        try:
-            # Sizes passed explicitly: kaleido otherwise renders at its 700 x 500 default, not the layout's.
-            pio.write_images(fig=[fig for _s, fig, _f in static], file=paths, format=[f for _s, _g, f in static],
-                             scale=[scale if f == "png" else 1 for _s, _g, f in static],
-                             width=[fig.layout.width for _s, fig, _f in static],
-                             height=[fig.layout.height for _s, fig, _f in static])
-        except Exception as error:
-            raise ExportError(f"kaleido could not render the figures: {error}. {NO_BROWSER_MESSAGE}") from error
+        pending = list(range(len(static)))
+        # kaleido has been seen to return without error yet without one of the files on a heavily loaded machine:
+        # what is missing is rendered once more, and still missing is an error, never a silently absent file.
+        for _attempt in range(2):
+            _render_static(pio, [static[i] for i in pending], [paths[i] for i in pending], scale)
+            pending = [i for i in pending if not (paths[i].is_file() and paths[i].stat().st_size > 0)]
+            if not pending:
+                break
+        if pending:
+            raise ExportError("kaleido did not write " + ", ".join(str(paths[i]) for i in pending))
         written += paths
     return written
+
+
+def _render_static(pio: Any, static: Sequence[Tuple[str, go.Figure, str]], paths: Sequence[Path], scale: float
+                   ) -> None:
+    """One kaleido session for (stem, figure, format) triples."""
+    try:
+        # Sizes passed explicitly: kaleido otherwise renders at its 700 x 500 default, not the layout's.
+        pio.write_images(fig=[fig for _s, fig, _f in static], file=list(paths), format=[f for _s, _g, f in static],
+                         scale=[scale if f == "png" else 1 for _s, _g, f in static],
+                         width=[fig.layout.width for _s, fig, _f in static],
+                         height=[fig.layout.height for _s, fig, _f in static])
+    except Exception as error:
+        raise ExportError(f"kaleido could not render the figures: {error}. {NO_BROWSER_MESSAGE}") from error
 
 
 # ------------------------------------------------------------------------------------------------- tables

@@ -12,8 +12,11 @@
 #               gradients, running statistics), Body train step eager vs fused with its roofline against the
 #               device's copy bandwidth, refined/vanilla train steps of both pairs with the fused path on and off
 #   throughput  benchmarks/train_throughput.py: shipped-pair images/s and model FLOP utilisation
-# Without one: the body step's CPU path at small shapes (about 20 s on an idle 2-core CPU), so that the script
-# itself stays tested.
+#   pipeline    benchmarks/pipeline_scale.py: plain vs capture forward, view bytes, per-image metrics and peak
+#               memory of vit_base_patch16_224, refiner_vit_l at 448 px and vit_large_patch14_dinov2 at 518 px
+#   analyze     refiner analyze --device cuda over 64 dataset images of a ViT-B (the whole CLI pipeline on the GPU)
+# Without one: the body and pipeline steps' CPU paths at small shapes (about 40 s on an idle 2-core CPU), so that
+# the script itself stays tested.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then
@@ -48,9 +51,13 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   step body 180 "$PY" benchmarks/gpu_body.py
   step throughput 90 "$PY" benchmarks/train_throughput.py --chunks 5 --steps 20 \
     --out benchmarks/results/train_throughput_gpu.json
+  step pipeline 150 "$PY" benchmarks/pipeline_scale.py --device cuda --repeats 2
+  step analyze 40 "$PY" -m refiner_cli analyze --model "random:vit_base_patch16_224" --dataset cluttered-mnist \
+    --max-images 64 --batch-size 32 --per-image 1 --no-bundle --device cuda --out "$(mktemp -d)/analyze-gpu"
 else
   echo "no CUDA device: running the CPU path only (small shapes, eager Body)"
   step body 300 "$PY" benchmarks/gpu_body.py --quick
+  step pipeline 120 "$PY" benchmarks/pipeline_scale.py --quick --device cpu
 fi
 echo "gpu_suite: done in $(( $(date +%s) - start )) s"
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,20 @@ def test_html_can_share_one_plotly_js(tmp_path) -> None:
     html = (tmp_path / "images" / "x" / "b.html").read_text()
     assert 'src="../../plotly.min.js"' in html and len(html) < 100_000
     assert len(paths) == 3
+
+
+@needs_browser
+def test_a_file_kaleido_did_not_write_is_rendered_again(tmp_path, monkeypatch) -> None:
+    import plotly.io as pio
+
+    real, calls = pio.write_images, []
+
+    def drops_the_first_file(fig, file, **kwargs):  # what a loaded machine once did: no error, no file
+        calls.append(list(file))
+        real(fig=fig, file=file, **kwargs)
+        if len(calls) == 1:
+            Path(file[0]).unlink()
+
+    monkeypatch.setattr(pio, "write_images", drops_the_first_file)
+    paths = export.write_figures({"a": similarity_heatmaps({"a": np.eye(3)})}, tmp_path, formats=("png", "svg"))
+    assert all(p.stat().st_size > 0 for p in paths) and len(calls) == 2 and len(calls[1]) == 1
