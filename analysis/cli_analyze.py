@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``refiner analyze`` options."""
     source = parser.add_argument_group("what to analyse")
     source.add_argument("--model", action="append", default=[], metavar="[LABEL=]SOURCE",
-                        help="a checkpoint or hub folder, a weights file (ARCH@FILE), a timm name or hf-hub: id, "
-                             "random:NAME; repeat for several models (e.g. vanilla, refined)")
+                        help="a shipped checkpoint (vanilla, refined), a checkpoint or hub folder, a weights file "
+                             "(ARCH@FILE), a timm name or hf-hub: id, random:NAME; repeat for several models")
     inputs = source.add_mutually_exclusive_group()
     inputs.add_argument("--images", type=Path, metavar="DIR", help="folder of images (jpg, png, webp, bmp, gif, tiff)")
     inputs.add_argument("--dataset", metavar="NAME", help="a refiner dataset, e.g. cluttered-mnist (test split)")
@@ -454,10 +454,9 @@ def _model_spec(record: Dict[str, Any]) -> str:
         return f"random:{source}"
     if record.get("kind") == "checkpoint" and not Path(source).exists():
         # The app names shipped checkpoints by folder name under checkpoints/.
-        for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-            if (root / "checkpoints" / source).exists():
-                return str(root / "checkpoints" / source)
-    return source
+        if (Path.cwd() / "checkpoints" / source).exists():
+            return str(Path.cwd() / "checkpoints" / source)
+    return source  # a bare shipped name ("vanilla") is found by load_model
 
 
 def _bundle_items(path: Path, manifest: Dict[str, Any]) -> List[ImageItem]:

@@ -6,8 +6,8 @@ A model *source* is a short string, small enough for the URL. The shipped checkp
 a weights file (``ARCH@FILE``), a timm name or ``hf-hub:`` id, ``random:NAME``. (``dir:PATH`` and
 ``timm:NAME`` from older links still work.) Uploaded weights are never read: only paths on the server.
 
-The checkpoint root is ``$REFINER_APP_CHECKPOINTS`` if set (tests point it at tiny models), else
-``<repo>/checkpoints``.
+The checkpoint root is ``$REFINER_APP_CHECKPOINTS`` if set (tests point it at tiny models), else the
+shipped pair (`refiner.shipped.checkpoint_root`: ``<repo>/checkpoints``, or the installed package data).
 """
 
 from __future__ import annotations
@@ -21,15 +21,7 @@ from torch import nn
 
 import refiner
 from refiner import LoadedModel
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS_ENV = "REFINER_APP_CHECKPOINTS"
-DEFAULT_PAIR = ("vanilla", "refined")
-
-
-def checkpoint_root() -> Path:
-    """The directory holding the checkpoints offered in the model slots."""
-    return Path(os.environ.get(CHECKPOINTS_ENV) or REPO_ROOT / "checkpoints")
+from refiner.shipped import CHECKPOINTS_ENV, DEFAULT_PAIR, checkpoint_root
 
 
 def shipped_sources() -> List[str]:

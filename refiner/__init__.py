@@ -11,6 +11,8 @@ The public API:
     convert_official_state_dict, load_official_checkpoint   the released Refiner-ViT weights
 """
 
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it from here
+
 from .capture import AttentionCapture, CaptureMismatchError, capture_attention
 from .convert_official import convert_official_state_dict, load_official_checkpoint
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_training_state, save_checkpoint

@@ -6,6 +6,7 @@
 Source strings (the same in the app's text box and in ``--model LABEL=SOURCE``):
 
     ``path/to/checkpoint``                     this project's checkpoint folder (config.json format 1 + safetensors)
+    ``vanilla`` / ``refined``                  the shipped pair by name (`refiner.shipped`; a folder of that name wins)
     ``path/to/hub-folder``                     a timm hub-format folder (``save_for_hf``: config.json + weights)
     ``path/to/transformers-folder``            a Hugging Face ``save_pretrained`` folder (ViT, DeiT, DINOv2 (+reg))
     ``path/to/refiner_vit_l.pth``              the released Refiner-ViT weights (official mode)
@@ -37,6 +38,7 @@ from torch import nn
 
 from .model_info import LoadedModel, ModelInfo, frozen_mapping
 from .preprocessing import Preprocessing
+from .shipped import shipped_checkpoint
 from .weights_hash import state_dict_sha256
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pth.tar", ".ckpt")
@@ -129,6 +131,9 @@ def _dispatch(text: str, seed: int) -> Tuple[nn.Module, ModelInfo]:
     path = Path(text).expanduser()
     if path.exists():
         return _load_path(path, text)
+    shipped = shipped_checkpoint(text)  # "vanilla", "refined": the shipped pair (checkout or installed copy)
+    if shipped is not None:
+        return _load_our_checkpoint(shipped, text)
     if "/" in text or text.startswith(".") or text.endswith(STATE_DICT_SUFFIXES):
         raise ModelSourceError(f"no file or folder at {path}")
     return _load_name(text, text, pretrained=True, seed=seed)
