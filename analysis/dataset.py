@@ -10,9 +10,9 @@ Nothing of size (L, H, N, N) outlives its batch. Per model, a `MetricAccumulator
 Under ``torch.distributed`` (e.g. ``torchrun``) `MetricAccumulator.reduce_across_processes` all-reduces
 the sums and gathers the curves, so every rank ends with the statistics of the whole dataset.
 
-Intervals are percentile bootstrap intervals of the mean over images (95% by default). Two models run on
-the same images are compared with a paired bootstrap of the per-image differences and a sign-flip
-permutation test of their mean (two-sided).
+Intervals are percentile bootstrap intervals of the mean over images (95% by default; `scipy.stats.bootstrap`).
+Two models run on the same images are compared with a paired bootstrap of the per-image differences and a
+two-sided sign-flip permutation test of their mean (`scipy.stats.permutation_test`).
 """
 
 from __future__ import annotations
@@ -184,37 +184,13 @@ class MetricAccumulator:
         self.images = int(images.item())
 
 
-def _chunks(total: int, size: int) -> Iterable[Tuple[int, int]]:
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
+# Elements of one resampled batch (batch x images x metric columns) that scipy may hold at a time.
+_RESAMPLE_ELEMENTS = 4_000_000
 
 
-def bootstrap_means(values: np.ndarray, n_boot: int = 2000, seed: int = 0, chunk: int = 250) -> np.ndarray:
-    """Bootstrap replicates of the mean over the first axis.
-
-    Resampling counts are drawn from a multinomial, so a replicate is one weighted sum (a matrix product)
-    instead of an indexed copy of the data.
-
-    Args:
-        values: (n, ...) per-image values (finite).
-        n_boot: number of replicates.
-        seed: random seed (results are reproducible).
-        chunk: replicates per matrix product (bounds memory to chunk * n counts).
-
-    Returns:
-        (n_boot, ...) replicate means.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    if n == 0:
-        raise ValueError("no images to bootstrap")
-    flat = values.reshape(n, -1)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_boot, flat.shape[1]))
-    for start, stop in _chunks(n_boot, chunk):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)
-        out[start:stop] = counts @ flat / n
-    return out.reshape((n_boot,) + values.shape[1:])
+def _batch(n_images: int, columns: int, n_resamples: int) -> int:
+    """Resamples per scipy batch so that one batch holds about `_RESAMPLE_ELEMENTS` float64 values."""
+    return max(1, min(n_resamples, _RESAMPLE_ELEMENTS // max(1, n_images * columns)))
 
 
 @dataclass
@@ -235,24 +211,40 @@ class Interval:
 
 
 def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
-    """Mean over images and its percentile bootstrap interval.
+    """Mean over images and its percentile bootstrap interval (`scipy.stats.bootstrap`, method "percentile").
 
     Args:
         values: (n, ...) per-image values; NaN columns give NaN results.
         level: confidence level.
         n_boot: replicates.
-        seed: random seed.
+        seed: random seed (the same seed gives the same interval).
 
     Returns:
-        `Interval` with arrays of shape values.shape[1:].
+        `Interval` with arrays of shape values.shape[1:]. One image gives the zero-width interval at its value.
+
+    Raises:
+        ValueError: no images.
     """
+    from scipy import stats
+
     values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values).all(axis=0)
-    replicates = bootstrap_means(np.where(finite, values, 0.0), n_boot, seed)
-    alpha = (1.0 - level) / 2
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha], axis=0)
+    n = values.shape[0]
+    if n == 0:
+        raise ValueError("no images to bootstrap")
+    flat = values.reshape(n, -1)
+    finite = np.isfinite(flat).all(axis=0)
+    mean = flat.mean(axis=0)
+    low, high = mean.copy(), mean.copy()
+    if n > 1 and finite.any():  # scipy needs two observations; one image has no spread to resample
+        columns = flat[:, finite]
+        result = stats.bootstrap((columns,), np.mean, n_resamples=n_boot, confidence_level=level,
+                                 method="percentile", axis=0, vectorized=True,
+                                 batch=_batch(n, columns.shape[1], n_boot), rng=np.random.default_rng(seed))
+        low[finite], high[finite] = result.confidence_interval.low, result.confidence_interval.high
     nan = np.where(finite, 1.0, np.nan)
-    return Interval(mean=values.mean(axis=0) * nan, low=low * nan, high=high * nan, level=level, n=len(values))
+    shape = values.shape[1:]
+    return Interval(mean=(mean * nan).reshape(shape), low=(low * nan).reshape(shape),
+                    high=(high * nan).reshape(shape), level=level, n=n)
 
 
 @dataclass
@@ -262,7 +254,7 @@ class PairedComparison:
     Attributes:
         difference: `Interval` of the mean per-image difference (b - a).
         p_value: two-sided sign-flip permutation p-value of the mean difference, elementwise.
-        n_permutations: permutations used.
+        n_permutations: sign patterns used (all 2**n of them when that is not more than asked for).
     """
 
     difference: Interval
@@ -270,35 +262,39 @@ class PairedComparison:
     n_permutations: int
 
 
-def sign_flip_p_value(differences: np.ndarray, n_permutations: int = 5000, seed: int = 0, chunk: int = 500
-                      ) -> np.ndarray:
-    """Two-sided sign-flip permutation test of mean(differences) == 0, elementwise.
+def sign_flip_p_value(differences: np.ndarray, n_permutations: int = 5000, seed: int = 0) -> np.ndarray:
+    """Two-sided sign-flip permutation test of mean(differences) == 0, elementwise
+    (`scipy.stats.permutation_test`, permutation_type "samples" on one sample).
 
     Under the null of exchangeable pairs each per-image difference is equally likely to have either sign.
-    The p-value counts permutations whose |mean| reaches the observed one, with the observed one included
-    ((1 + count) / (1 + permutations)), so it is never 0.
+    With 2**n <= ``n_permutations`` every sign pattern is used (an exact test); otherwise random patterns,
+    and the observed one counts as reaching itself, so the p-value is never 0. Two-sided is scipy's
+    definition: twice the smaller one-sided p-value (at most 1), so a random test gives at least
+    2 / (1 + n_permutations).
 
     Args:
-        differences: (n, ...) per-image paired differences.
+        differences: (n, ...) per-image paired differences; NaN columns give NaN p-values.
         n_permutations: random sign patterns.
         seed: random seed.
-        chunk: sign patterns per matrix product.
 
     Returns:
         p-values of shape differences.shape[1:].
     """
+    from scipy import stats
+
     differences = np.asarray(differences, dtype=np.float64)
     n = differences.shape[0]
     flat = differences.reshape(n, -1)
-    observed = np.abs(flat.mean(axis=0))
-    rng = np.random.default_rng(seed)
-    reached = np.zeros(flat.shape[1])
-    # Small tolerance: permutations equal to the observed value up to rounding count as reaching it.
-    tolerance = 1e-12 * np.maximum(np.abs(flat).max(axis=0), 1.0)
-    for start, stop in _chunks(n_permutations, chunk):
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(stop - start, n))
-        reached += (np.abs(signs @ flat / n) >= observed - tolerance).sum(axis=0)
-    return ((1.0 + reached) / (1.0 + n_permutations)).reshape(differences.shape[1:])
+    finite = np.isfinite(flat).all(axis=0)
+    p_values = np.full(flat.shape[1], np.nan)
+    if finite.any():
+        columns = flat[:, finite]
+        result = stats.permutation_test((columns,), np.mean, permutation_type="samples", vectorized=True,
+                                        n_resamples=n_permutations, alternative="two-sided", axis=0,
+                                        batch=_batch(n, columns.shape[1], n_permutations),
+                                        rng=np.random.default_rng(seed))
+        p_values[finite] = result.pvalue
+    return p_values.reshape(differences.shape[1:])
 
 
 def paired_comparison(values_a: np.ndarray, values_b: np.ndarray, level: float = 0.95, n_boot: int = 2000,
@@ -318,9 +314,10 @@ def paired_comparison(values_a: np.ndarray, values_b: np.ndarray, level: float =
     if values_a.shape != values_b.shape:
         raise ValueError(f"paired values must have the same shape, got {values_a.shape} and {values_b.shape}")
     differences = values_b - values_a
+    used = min(n_permutations, 2 ** len(differences))  # scipy runs the exact test when it is no larger
     return PairedComparison(difference=bootstrap_interval(differences, level, n_boot, seed),
                             p_value=sign_flip_p_value(differences, n_permutations, seed + 1),
-                            n_permutations=n_permutations)
+                            n_permutations=used)
 
 
 def align_curves(curves_a: np.ndarray, curves_b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
