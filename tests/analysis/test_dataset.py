@@ -50,6 +50,72 @@ def test_paired_tests_detect_a_shift_and_not_noise() -> None:
         paired_comparison(np.zeros((3, 2)), np.zeros((3, 4)))
 
 
+def _multinomial_bootstrap_interval(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95):
+    """The percentile bootstrap this project computed before scipy (multinomial resampling counts), as the
+    reference the scipy-based one must agree with."""
+    n = len(values)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    replicates = counts @ values / n
+    return np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2], axis=0)
+
+
+def test_bootstrap_interval_is_scipys_percentile_bootstrap() -> None:
+    from scipy import stats
+
+    values = np.random.default_rng(3).gamma(2.0, 1.0, (80, 5))
+    ours = bootstrap_interval(values, level=0.9, n_boot=700, seed=11)
+    plain = stats.bootstrap((values,), np.mean, n_resamples=700, confidence_level=0.9, method="percentile",
+                            axis=0, rng=np.random.default_rng(11)).confidence_interval
+    np.testing.assert_array_equal(ours.mean, values.mean(axis=0))
+    np.testing.assert_allclose(ours.low, plain.low, rtol=0, atol=1e-12)  # the same resamples, the same interval
+    np.testing.assert_allclose(ours.high, plain.high, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_interval_agrees_with_the_former_resampling_within_monte_carlo_error() -> None:
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(0.0, 1.0, (300, 4)), rng.exponential(2.0, (300, 4))], axis=1)
+    n_boot = 4000
+    ours = bootstrap_interval(values, n_boot=n_boot, seed=0)
+    low, high = _multinomial_bootstrap_interval(values, n_boot, seed=0)
+    np.testing.assert_array_equal(ours.mean, values.mean(axis=0))
+    # Standard error of a 2.5% sample quantile of B normal replicates with spread s: 2.67 s / sqrt(B); two
+    # independent estimates differ by sqrt(2) of that. Allow 4 of those.
+    s = values.std(axis=0, ddof=1) / np.sqrt(len(values))
+    tolerance = 4 * np.sqrt(2) * 2.67 * s / np.sqrt(n_boot)
+    assert (np.abs(ours.low - low) < tolerance).all() and (np.abs(ours.high - high) < tolerance).all()
+    assert ((ours.high - ours.low) > 3.5 * s).all()  # the interval is really about 2 x 1.96 s wide
+
+
+def test_sign_flip_test_is_scipys_permutation_test() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    small = rng.normal(0.3, 1.0, (9, 4))  # 512 patterns <= 1000: every pattern, an exact test
+    plain = stats.permutation_test((small,), np.mean, permutation_type="samples", n_resamples=1000, axis=0,
+                                   vectorized=True, rng=np.random.default_rng(0)).pvalue
+    np.testing.assert_allclose(sign_flip_p_value(small, n_permutations=1000), plain, rtol=0, atol=1e-12)
+
+    # Random patterns: equal within Monte-Carlo error (two-sided p = 2 x one-sided, so its sd is 2 sqrt(q(1-q)/B)).
+    large = rng.normal(0.0, 1.0, (60, 6)) + np.linspace(0.0, 0.35, 6)
+    b = 4000
+    ours = sign_flip_p_value(large, n_permutations=b, seed=2)
+    plain = stats.permutation_test((large,), np.mean, permutation_type="samples", n_resamples=b, axis=0,
+                                   vectorized=True, rng=np.random.default_rng(3)).pvalue
+    q = np.clip(plain / 2, 1 / b, 0.5)
+    assert (np.abs(ours - plain) < 4 * np.sqrt(2) * 2 * np.sqrt(q * (1 - q) / b)).all(), (ours, plain)
+    assert ours[-1] < 0.05 < ours[0]  # the known answer: the shifted column is detected, the centred one not
+
+
+def test_one_image_has_no_spread() -> None:
+    one = paired_comparison(np.array([[1.0, 2.0]]), np.array([[1.5, np.nan]]), n_boot=100, n_permutations=100)
+    np.testing.assert_allclose(one.difference.mean, [0.5, np.nan])
+    np.testing.assert_allclose(one.difference.low, [0.5, np.nan])
+    np.testing.assert_allclose(one.p_value, [1.0, np.nan])  # both sign patterns reach the observed mean
+    assert one.n_permutations == 2 and one.difference.n == 1
+    with pytest.raises(ValueError, match="no images"):
+        sign_flip_p_value(np.zeros((0, 2)))
+
+
 def test_align_curves_uses_relative_depth() -> None:
     a, b = align_curves(np.array([[1.0, 2.0]]), np.array([[0.0, 1.0, 2.0, 3.0]]))
     np.testing.assert_allclose(a, [[1.0, 2.0]])
