@@ -14,7 +14,8 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .blas_threads import single_blas_thread
-from .head_diversity import effective_number_of_heads, head_cosine_from_unit_columns, head_js_matrix
+from .head_diversity import (diversity_from_head_cosines, effective_number_of_heads, head_cosine_from_unit_columns,
+                             head_js_matrix, off_diagonal_mean)
 from .locality import locality_metrics, negative_mass_fraction
 from .localisation import localisation
 from .normalization import Normalize, as_float_array, check_mode, normalize_rows
@@ -149,8 +150,6 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
     local = locality_metrics(rows, num_prefix_tokens, grid, patch_size, "none", settings.grid_radius,
                              settings.band_width)
     head_cos = head_cosine_from_unit_columns(unit)
-    heads = head_cos.shape[-1]
-    off_diagonal = (head_cos.sum(axis=(1, 2)) - np.trace(head_cos, axis1=1, axis2=2)) / max(heads * (heads - 1), 1)
     js = head_js_matrix(rows, "none")
     rollout = attention_rollout(rows, settings.head_fusion, settings.discard_ratio, "none")
     out: Dict[str, np.ndarray] = {
@@ -159,8 +158,8 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         "adjacent_similarity": adjacent_layer_similarity(similarity.matrix),
         "similar_blocks": similar_block_counts(similarity.matrix, settings.block_threshold).astype(np.float64),
         "head_cosine": head_cos,
-        "head_diversity": 1.0 - off_diagonal if heads > 1 else np.zeros(len(rows)),
-        "head_js": js.sum(axis=(1, 2)) / max(heads * (heads - 1), 1),
+        "head_diversity": diversity_from_head_cosines(head_cos),
+        "head_js": off_diagonal_mean(js),
         "effective_heads": effective_number_of_heads(rows, "none"),
         "distance_px": local.distance_px,
         "distance_patches": local.distance_patches,

@@ -43,13 +43,25 @@ def head_cosine_from_unit_columns(unit: np.ndarray) -> np.ndarray:
     return (flat @ flat.transpose(0, 2, 1)).astype(np.float64) / tokens
 
 
-def _off_diagonal_mean(matrices: np.ndarray) -> np.ndarray:
-    """Mean of the off-diagonal entries of (..., H, H) matrices; 0 when H == 1."""
+def off_diagonal_mean(matrices: np.ndarray) -> np.ndarray:
+    """Mean of the off-diagonal entries of (..., H, H) matrices: (...,); 0 when H == 1 (no pairs)."""
     heads = matrices.shape[-1]
     if heads < 2:
         return np.zeros(matrices.shape[:-2])
     total = matrices.sum(axis=(-2, -1)) - np.trace(matrices, axis1=-2, axis2=-1)
     return total / (heads * (heads - 1))
+
+
+def diversity_from_head_cosines(head_cos: np.ndarray) -> np.ndarray:
+    """Head diversity from `head_cosine_matrix`: (L, H, H) -> (L,) = 1 - mean pairwise cosine.
+
+    The one definition used everywhere (`head_diversity`, `analysis.attention_metrics`). A layer with a
+    single head has no pair of heads to differ, so its diversity is 0 (not 1, which would read as
+    "maximally diverse").
+    """
+    if head_cos.shape[-1] < 2:
+        return np.zeros(head_cos.shape[:-2])
+    return 1.0 - off_diagonal_mean(head_cos)
 
 
 def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -60,9 +72,10 @@ def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
         normalize: row normalisation before the cosine.
 
     Returns:
-        (L,) in [0, 1] for non-negative maps: 0 when all heads of a layer are identical.
+        (L,) in [0, 1] for non-negative maps: 0 when all heads of a layer are identical, and 0 for a
+        one-head layer (`diversity_from_head_cosines`).
     """
-    return 1.0 - _off_diagonal_mean(head_cosine_matrix(maps, normalize))
+    return diversity_from_head_cosines(head_cosine_matrix(maps, normalize))
 
 
 def _row_entropy_nats(p: np.ndarray) -> np.ndarray:
@@ -152,7 +165,7 @@ def head_js_distance(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE)
     Returns:
         (L,) in [0, 1].
     """
-    return _off_diagonal_mean(head_js_matrix(maps, normalize))
+    return off_diagonal_mean(head_js_matrix(maps, normalize))
 
 
 def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -167,14 +180,19 @@ def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_N
         normalize: row normalisation before flattening.
 
     Returns:
-        (L,) in [1, H]: 1 for identical heads, H for mutually orthogonal heads.
+        (L,) in [1, H]: 1 for identical heads, H for mutually orthogonal heads. Computed in float64 whatever
+        the maps' dtype: for nearly identical heads the small eigenvalues of the Gram matrix decide the
+        answer, and a float32 Gram matrix put errors of ~1e-2 into it.
     """
     rows = normalize_rows(maps, normalize)
     layers, heads = rows.shape[:2]
     flat = rows.reshape(layers, heads, -1)
     # Singular values of the (H, N*N) stack from the small H x H Gram matrix (cheaper than an SVD); unit
-    # norm per head is applied to the Gram matrix, which avoids a copy of the maps.
-    gram = (flat @ flat.transpose(0, 2, 1)).astype(np.float64)
+    # norm per head is applied to the Gram matrix. One layer at a time in float64 keeps the copy small.
+    gram = np.empty((layers, heads, heads), dtype=np.float64)
+    for layer in range(layers):
+        layer_flat = flat[layer].astype(np.float64)  # (H, N*N)
+        gram[layer] = layer_flat @ layer_flat.T
     norms = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 0.0, None))
     gram = safe_divide(gram, norms[:, :, None] * norms[:, None, :])
     eigen = np.linalg.eigvalsh(gram)

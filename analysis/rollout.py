@@ -5,9 +5,12 @@ renormalising its rows, ``A~ = (A + I) / rowsum``; the joint attention of the in
 the product ``R_l = A~_l A~_(l-1) ... A~_1`` (later layers on the left, as token j of layer l mixes tokens of
 layer l - 1). The CLS row of R_L, restricted to the patches, is the classic rollout heat map.
 
-Discarding (as in the widely used implementation of Gildenblat's ``vit-explain``): before adding the
-identity, the lowest ``discard_ratio`` share of each fused map's entries is set to 0, except the diagonal,
-which keeps every token connected to itself.
+Discarding, this project's rule: before adding the identity, the lowest ``round(discard_ratio * (N*N - N))``
+off-diagonal entries of each fused map are set to 0; the diagonal is never discarded (every token stays
+connected to itself) and does not count towards the share. This differs from Gildenblat's ``vit-explain``,
+which ranks all N*N entries of the fused map (diagonal included), discards ``int(discard_ratio * N*N)`` of
+them and spares only entry 0 (CLS to CLS); with the default ``discard_ratio = 0`` both are the plain
+rollout.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def attention_rollout(maps: np.ndarray, head_fusion: HeadFusion = "mean", discar
     Args:
         maps: (L, H, N, N) maps (first layer first).
         head_fusion: "mean", "max" or "min" over heads.
-        discard_ratio: share of lowest off-diagonal fused entries set to 0 per layer.
+        discard_ratio: share of the lowest off-diagonal fused entries set to 0 per layer (`discard_lowest`:
+            this project's rule, not vit-explain's; see the module docstring).
         normalize: row normalisation of each head's map before fusing (needed for effective maps, whose
             negative entries would otherwise make the product meaningless).
         add_identity: model the residual stream (A + I, rows renormalised). False multiplies the

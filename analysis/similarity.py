@@ -180,11 +180,19 @@ def align_layers(depth_a: int, depth_b: int) -> np.ndarray:
     """For each layer of a model of depth ``depth_a``, the layer of depth-``depth_b`` model at the nearest
     relative depth (ties go to the shallower layer).
 
+    Layer i of A (1-based) sits at i / depth_a and layer j of B at j / depth_b; their distance times
+    depth_a * depth_b is the integer |i * depth_b - j * depth_a|, so nearest and ties are decided exactly
+    (with floats, 1/2 vs 1/3 and 2/3 was decided by rounding).
+
     Returns:
-        (depth_a,) integer layer indices into the second model.
+        (depth_a,) integer layer indices (0-based) into the second model.
     """
-    rel_a, rel_b = relative_depth(depth_a), relative_depth(depth_b)
-    return np.abs(rel_a[:, None] - rel_b[None, :]).argmin(axis=1)
+    if depth_a < 1 or depth_b < 1:
+        raise ValueError(f"depths must be >= 1, got {depth_a} and {depth_b}")
+    i = np.arange(1, depth_a + 1, dtype=np.int64)[:, None]
+    j = np.arange(1, depth_b + 1, dtype=np.int64)[None, :]
+    # argmin returns the first minimum: the shallower layer of a tie.
+    return np.abs(i * depth_b - j * depth_a).argmin(axis=1)
 
 
 def resample_to_relative_depth(values: np.ndarray, target: np.ndarray) -> np.ndarray:

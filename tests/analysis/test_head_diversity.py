@@ -105,3 +105,41 @@ def test_head_embedding_of_float32_maps_in_column_blocks_equals_float64(monkeypa
     got = head_embedding({k: v.astype(np.float32) for k, v in maps.items()})
     np.testing.assert_allclose(np.abs(got.coords), np.abs(expected.coords), atol=1e-5)
     np.testing.assert_allclose(got.explained_variance_ratio, expected.explained_variance_ratio, atol=1e-6)
+
+
+def test_one_head_layer_has_zero_diversity_in_every_pipeline() -> None:
+    from analysis.attention_metrics import compute_map_metrics
+
+    maps = softmax_maps(3, 1, 5)  # one head, K = 1, 2 x 2 grid
+    np.testing.assert_array_equal(head_diversity(maps), [0.0, 0.0, 0.0])
+    metrics = compute_map_metrics(maps, 1, (2, 2), (4, 4))
+    np.testing.assert_array_equal(metrics["head_diversity"], head_diversity(maps))
+    np.testing.assert_array_equal(metrics["head_js"], head_js_distance(maps))
+
+
+def _near_identical_heads(heads: int = 6, tokens: int = 60, spread: float = 1e-4) -> np.ndarray:
+    """(1, H, N, N) row-stochastic heads that differ from one map by a relative ``spread``: collapse."""
+    rng = np.random.default_rng(3)
+    base = softmax_maps(1, 1, tokens, seed=4)
+    maps = base * (1.0 + spread * rng.standard_normal((1, heads, tokens, tokens)))
+    return maps / maps.sum(axis=-1, keepdims=True)
+
+
+def _reference_effective_heads(maps: np.ndarray) -> float:
+    """exp(entropy) of the normalised singular values, by a float64 SVD of the unit-norm stack."""
+    flat = maps[0].reshape(maps.shape[1], -1).astype(np.float64)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    s = np.linalg.svd(flat, compute_uv=False)
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_effective_heads_of_near_identical_float32_heads_matches_a_float64_svd() -> None:
+    maps = _near_identical_heads()
+    reference = _reference_effective_heads(maps)
+    assert 1.0 < reference < 1.1
+    # Capture gives float32 maps; the answer must not depend on that.
+    got = effective_number_of_heads(maps.astype(np.float32), "none")[0]
+    assert abs(got - _reference_effective_heads(maps.astype(np.float32))) < 1e-5
+

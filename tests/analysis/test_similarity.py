@@ -51,3 +51,16 @@ def test_relative_depth_alignment() -> None:
     assert align_layers(8, 4).tolist() == [0, 0, 0, 1, 1, 2, 2, 3]
     np.testing.assert_allclose(resample_to_relative_depth(np.array([1.0, 2.0]), relative_depth(4)),
                                [1.0, 1.0, 1.5, 2.0])
+
+
+def test_align_layers_is_exact_with_ties_to_the_shallower_layer() -> None:
+    from fractions import Fraction
+
+    assert align_layers(2, 3).tolist() == [0, 2]  # 1/2 lies halfway between 1/3 and 2/3: the shallower
+    for depth_a in range(1, 25):
+        for depth_b in range(1, 25):
+            expected = []
+            for i in range(1, depth_a + 1):
+                distances = [abs(Fraction(i, depth_a) - Fraction(j, depth_b)) for j in range(1, depth_b + 1)]
+                expected.append(distances.index(min(distances)))  # first minimum = shallower layer
+            assert align_layers(depth_a, depth_b).tolist() == expected, (depth_a, depth_b)
