@@ -146,8 +146,20 @@ def layer_curves(curves: Mapping[str, np.ndarray], title: str, y_title: str,
         _curve_traces(fig, name, index, values,
                       interval=(interval.low, interval.high) if interval is not None else None)
     fig.update_xaxes(title_text=f"{x} (layer / L)", range=[0, 1.05])
-    fig.update_yaxes(title_text=y_title, range=y_range)
+    fig.update_yaxes(title_text=y_title, range=y_range if y_range is not None else _flat_range(fig))
     return paper_layout(fig, title)
+
+
+def _flat_range(fig: go.Figure) -> Optional[Tuple[float, float]]:
+    """A y range for curves that are all one value v (plotly would centre them on a -1..1 axis, which shows a
+    count of 0 as if it could be negative): [0, max(2v, 1)] for v >= 0, else [2v, 0]. None otherwise."""
+    values = np.concatenate([np.asarray(t.y, dtype=np.float64).ravel() for t in fig.data if t.y is not None]
+                            or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if not values.size or values.min() != values.max():
+        return None
+    v = float(values[0])
+    return (0.0, max(2.0 * v, 1.0)) if v >= 0 else (2.0 * v, 0.0)
 
 
 def similarity_vs_depth(matrices: Mapping[str, np.ndarray], title: str = "Similarity with the next layer"
@@ -336,7 +348,8 @@ def localisation_figure(cls_in_box: Mapping[str, np.ndarray], chance: Optional[f
     fig = layer_curves(curves, "CLS attention inside the object box" + suffix, "share of CLS attention in box",
                        intervals, y_range=(0.0, 1.0))
     if chance is not None:
-        fig.add_hline(y=chance, line=dict(color="#777777", dash="dash"), annotation_text="uniform attention",
+        # An explicit width: the simple_white template's shape default is width 0, which hid this line.
+        fig.add_hline(y=chance, line=dict(color="#777777", dash="dash", width=1.5), annotation_text="uniform attention",
                       annotation_position="top left")
     return fig
 
@@ -349,7 +362,7 @@ def paired_difference_figure(comparison: PairedComparison, title: str, y_title: 
     _curve_traces(fig, "difference", 2, diff.mean, x=x, interval=(diff.low, diff.high))
     fig.data[-1].customdata = np.asarray(comparison.p_value).reshape(-1)
     fig.data[-1].hovertemplate = "depth %{x:.2f}<br>difference %{y:.4f}<br>p = %{customdata:.4f}<extra></extra>"
-    fig.add_hline(y=0.0, line=dict(color="#777777", dash="dash"))
+    fig.add_hline(y=0.0, line=dict(color="#777777", dash="dash", width=1.5))
     fig.update_xaxes(title_text="relative depth (layer / L)", range=[0, 1.05])
     fig.update_yaxes(title_text=y_title)
     return paper_layout(fig, title)

@@ -31,10 +31,14 @@ def main() -> None:
     """
     st.set_page_config(page_title="Refiner attention", layout="wide")
     pages = [
-        st.Page(ENTRIES / "compare.py", title="Compare", url_path="compare", default=True),
+        # Served at "/"; a default page still reserves a pathname, so it gets one that is not "compare".
+        st.Page(ENTRIES / "compare.py", title="Compare", url_path="home", default=True),
         st.Page(ENTRIES / "analysis.py", title="Analysis", url_path="analysis"),
         st.Page(ENTRIES / "dataset.py", title="Dataset", url_path="dataset"),
         st.Page(ENTRIES / "models.py", title="Models", url_path="models"),
+        # The default page is served at "/", so "/compare" (the path the page's name suggests, and what older
+        # links used) would pop up "Page not found"; this hidden alias runs the same page there.
+        st.Page(ENTRIES / "compare.py", title="Compare", url_path="compare", visibility="hidden"),
     ]
     page = st.navigation(pages)
     set_context(render_sidebar())

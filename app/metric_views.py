@@ -24,7 +24,8 @@ def per_layer_table(results: Mapping[str, Mapping[str, np.ndarray]], keys: Seque
     """Long table: model, layer, relative depth, then one column per metric (head metrics averaged)."""
     rows = []
     for label, metrics in results.items():
-        depth = next(np.asarray(metrics[k]).shape[0] for k in keys if k in metrics)
+        # Not from adjacent_similarity: it has L - 1 values (the table dropped the last layer that way).
+        depth = next(np.asarray(metrics[k]).shape[0] for k in keys if k in metrics and k != "adjacent_similarity")
         for layer in range(depth):
             row: Dict[str, object] = {"model": label, "layer": layer + 1, "relative_depth": (layer + 1) / depth}
             for key in keys:

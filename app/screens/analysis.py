@@ -17,6 +17,7 @@ from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metr
 
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
+from ..charts import show_chart
 from ..exports import bundle_export, figure_exports, maps_export, table_exports
 from ..images import canvas_key
 from ..metric_views import curve_keys, head_mean, per_layer_table, scalar_table
@@ -48,7 +49,7 @@ def _settings() -> MetricSettings:
 
 def _show(fig, name: str, contents: ViewContents) -> None:
     """Draw one figure with its export buttons and keep it for the bundle."""
-    st.plotly_chart(fig, key=f"an-{name}")
+    show_chart(fig, key=f"an-{name}")
     figure_exports(fig, name, key=f"exp-an-{name}")
     contents.figures[name] = fig
 

@@ -15,6 +15,7 @@ import streamlit as st
 from ..maps import (ModelView, all_heads_grids, head_matrix, map_query, patch_token, query_grid, token_label,
                     top_k)
 from ..bundle import ViewContents, build_bundle
+from ..charts import show_chart
 from ..exports import bundle_export, figure_exports, maps_export
 from ..sidebar import Context
 from ..views import attention_overlay, clicked_patch, heads_grid, token_matrix, top_k_bars
@@ -96,7 +97,7 @@ def render(ctx: Context) -> None:
                                     query_patch=_query_patch(query, view), box=ctx.item.box,
                                     diverging=bool(grid_map.min() < 0))
             other = (views[0].num_prefix_tokens, views[0].grid) if slot == 1 else None
-            st.plotly_chart(fig, key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
+            show_chart(fig, key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
                             on_select=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
             figure_exports(fig, f"overlay-{'ab'[slot]}-layer{layer + 1}", key=f"exp-overlay-{slot}")
             contents.figures[f"overlay-{'ab'[slot]}-layer{layer + 1}"] = fig
@@ -105,7 +106,7 @@ def render(ctx: Context) -> None:
             truth = model.info.class_names[ctx.item.label] if ctx.item.label is not None and \
                 ctx.item.label < len(model.info.class_names) else None
             bars = top_k_bars(predictions, "Top-5 predictions", truth)
-            st.plotly_chart(bars, key=f"top5-{slot}", config={"displayModeBar": False})
+            show_chart(bars, key=f"top5-{slot}", config={"displayModeBar": False})
             figure_exports(bars, f"top5-{'ab'[slot]}", key=f"exp-top5-{slot}")
             contents.figures[f"top5-{'ab'[slot]}"] = bars
             contents.tables.setdefault("top5", []).extend(
@@ -125,7 +126,7 @@ def render(ctx: Context) -> None:
                              f"{'AB'[slot]}: {model.label}, layer {layer + 1}, every head",
                              diverging=bool(maps.min() < 0))
             if shown[0]:
-                st.plotly_chart(fig, key=f"heads-{slot}")
+                show_chart(fig, key=f"heads-{slot}")
                 figure_exports(fig, f"heads-{'ab'[slot]}-layer{layer + 1}", key=f"exp-heads-{slot}")
             contents.figures[f"heads-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[1]:
@@ -139,7 +140,7 @@ def render(ctx: Context) -> None:
                                diverging=bool(matrix.min() < 0))
             if shown[1]:
                 with column:
-                    st.plotly_chart(fig, key=f"matrix-{slot}")
+                    show_chart(fig, key=f"matrix-{slot}")
                     figure_exports(fig, f"matrix-{'ab'[slot]}-layer{layer + 1}", key=f"exp-matrix-{slot}")
             contents.figures[f"matrix-{'ab'[slot]}-layer{layer + 1}"] = fig
     with tabs[2]:
@@ -159,7 +160,7 @@ def render(ctx: Context) -> None:
             fig = heads_grid(stack, ["softmax", "effective", "effective - softmax"],
                              f"{model.label}, layer {layer + 1}", diverging=True, columns=3)
             if shown[2]:
-                st.plotly_chart(fig, key=f"softeff-{slot}")
+                show_chart(fig, key=f"softeff-{slot}")
                 figure_exports(fig, f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}",
                                key=f"exp-softeff-{slot}")
             contents.figures[f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}"] = fig
@@ -175,7 +176,7 @@ def render(ctx: Context) -> None:
                                     f"A - B, layer {layers[0] + 1} vs {layers[1] + 1}, {head_text}",
                                     query_patch=_query_patch(queries[0], views[0]), diverging=True)
             if shown[3]:
-                st.plotly_chart(fig, key="difference", config={"displayModeBar": False})
+                show_chart(fig, key="difference", config={"displayModeBar": False})
                 figure_exports(fig, "difference-a-b", key="exp-difference")
             contents.figures["difference-a-b"] = fig
     with bundle_slot:

@@ -20,6 +20,7 @@ from analysis.similarity import relative_depth
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from .. import cached
+from ..charts import show_chart
 from ..exports import figure_exports, table_exports
 from ..images import canvas_key, sample_item, upload_item
 from ..maps import run_model
@@ -39,42 +40,60 @@ def _summaries(metrics: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: head_mean(metrics[k]) for k in curve_keys(list(metrics)) if k not in SKIP}
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[bytes, ...],
-         settings: MetricSettings, canvas: str, _progress: Optional[Callable[[float, str], None]] = None
-         ) -> Tuple[List[PerLayer], List[str]]:
-    """Per-layer summaries of both models over the images; returns them and the skipped images' messages."""
-    models = [cached.get_model(s) for s in sources]
-    items, skipped = [], []
-    for key in image_keys:
-        items.append(sample_item(key, canvas))
-    for data in uploads:
+# One entry per (models, image, settings): a few KB of per-layer summaries each, so a full 1,000-canvas run of
+# both models stays cached (and a second Run, in this or another session, only reads the cache).
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _image_summaries(sources: Tuple[str, str], image_key: str, upload: Optional[bytes], settings: MetricSettings,
+                     canvas: str) -> Tuple[Optional[Tuple[PerLayer, PerLayer]], str]:
+    """Per-layer summaries of both models on one image, or None and the reason it was skipped.
+
+    Cached and drawing nothing: a cached function must not touch page elements (Streamlit replays a cached
+    function's elements, and an element of a block made outside it fails the replay; that was the
+    CacheReplayClosureError of a second Run). The progress bar is drawn by the caller, between calls.
+    """
+    try:
+        item = upload_item(upload) if upload is not None else sample_item(image_key, canvas)
+    except ImageInputError as error:
+        return None, str(error)
+    summaries = []
+    for source in sources:
+        model = cached.get_model(source)
         try:
-            items.append(upload_item(data))
+            view = run_model(model, item.image)
         except ImageInputError as error:
-            skipped.append(str(error))
+            return None, f"{item.key}: {error}"
+        metrics = compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid,
+                                      view.patch_size, settings, item.box,
+                                      class_token_index=view.class_token_index)
+        summaries.append(_summaries(metrics))
+    return (summaries[0], summaries[1]), ""
+
+
+def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[bytes, ...],
+         settings: MetricSettings, canvas: str, progress: Callable[[float, str], None]
+         ) -> Tuple[List[PerLayer], List[str]]:
+    """Per-layer summaries of both models over the images (stacked per metric: (images, L)), and the skipped
+    images' messages. ``progress(share, text)`` is called after each image."""
+    jobs = [(key, None) for key in image_keys] + [(f"upload {i + 1}", data) for i, data in enumerate(uploads)]
     collected: List[Dict[str, List[np.ndarray]]] = [{}, {}]
-    for index, item in enumerate(items):
-        for slot, model in enumerate(models):
-            try:
-                view = run_model(model, item.image)
-            except ImageInputError as error:
-                skipped.append(f"{item.key}: {error}")
-                break
-            metrics = compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid,
-                                          view.patch_size, settings, item.box,
-                                          class_token_index=view.class_token_index)
-            for key, value in _summaries(metrics).items():
-                collected[slot].setdefault(key, []).append(value)
-        if _progress is not None:
-            _progress((index + 1) / len(items), f"{index + 1}/{len(items)} images")
+    skipped: List[str] = []
+    for index, (key, data) in enumerate(jobs):
+        pair, reason = _image_summaries(sources, key, data, settings, canvas)
+        if pair is None:
+            skipped.append(reason)
+        else:
+            for slot, summaries in enumerate(pair):
+                for metric, value in summaries.items():
+                    collected[slot].setdefault(metric, []).append(value)
+        progress((index + 1) / len(jobs), f"{index + 1}/{len(jobs)} images")
     return [{k: np.stack(v) for k, v in c.items()} for c in collected], skipped
 
 
 def _image_set(canvas: str) -> Tuple[Tuple[str, ...], Tuple[bytes, ...]]:
     source = st.radio("Images", ["Dataset test canvases", "Uploads"], horizontal=True, key="ds-source")
     if source == "Dataset test canvases":
-        count = st.slider("Number of test canvases", 10, 300, 50, 10, key="ds-count")
+        count = st.slider("Number of test canvases", 10, 1000, 50, 10, key="ds-count",
+                          help="The first canvases of the fixed 1,000-canvas test set.")
         return tuple(f"digit:{i}" for i in range(count)), ()
     files = st.file_uploader("Images", type=list(ACCEPTED_EXTENSIONS), accept_multiple_files=True, key="ds-uploads")
     return (), tuple(f.getvalue() for f in files or [])
@@ -100,7 +119,7 @@ def render(ctx: Context) -> None:
     bar = st.progress(0.0, text="Running both models...")
     sources = (ctx.models[0].source, ctx.models[1].source)
     results, skipped = _run(sources, keys, uploads, settings, canvas,
-                            _progress=lambda share, text: bar.progress(share, text=text))
+                            progress=lambda share, text: bar.progress(share, text=text))
     bar.empty()
     for message in skipped:
         st.warning(f"Skipped: {message}")
@@ -119,7 +138,7 @@ def render(ctx: Context) -> None:
             columns = st.columns(2)
         with columns[index % 2]:
             fig = figures.layer_curves({name: s.mean for name, s in stats.items()}, label, label, intervals=stats)
-            st.plotly_chart(fig, key=f"ds-{key}")
+            show_chart(fig, key=f"ds-{key}")
             figure_exports(fig, f"dataset-{key}", key=f"exp-ds-{key}")
         # Paired per image on common relative depths (the shallower model's layers when depths differ).
         a, b = align_curves(results[0][key], results[1][key])

@@ -60,3 +60,25 @@ def test_dataset_figures_have_interval_bands(pair) -> None:
     curve = figs["dataset_head_diversity"]
     assert sum(t.fill == "toself" for t in curve.data) == 2  # one band per model
     assert {"similarity_heatmaps", "cka", "localisation", "paired_head_diversity"} <= set(figs)
+
+
+def test_reference_lines_are_drawn_with_a_visible_width() -> None:
+    from analysis.dataset import Interval, PairedComparison
+    from analysis.figures import localisation_figure, paired_difference_figure
+
+    fig = localisation_figure({"a": np.full((4, 2), 0.5)}, chance=0.25)
+    line = fig.layout.shapes[0]
+    assert line.y0 == 0.25 and line.line.width > 0  # simple_white's default shape width is 0: invisible
+    assert fig.layout.annotations[0].text == "uniform attention"
+    mean = np.zeros(3)
+    comparison = PairedComparison(difference=Interval(mean, mean - 1, mean + 1, 0.95, 5), p_value=np.ones(3),
+                                  n_permutations=10)
+    assert paired_difference_figure(comparison, "t", "y").layout.shapes[0].line.width > 0
+
+
+def test_a_flat_curve_is_not_drawn_on_a_symmetric_axis() -> None:
+    from analysis.figures import layer_curves
+
+    assert tuple(layer_curves({"a": np.zeros(8), "b": np.zeros(8)}, "t", "count").layout.yaxis.range) == (0.0, 1.0)
+    assert tuple(layer_curves({"a": np.full(4, 3.0)}, "t", "count").layout.yaxis.range) == (0.0, 6.0)
+    assert layer_curves({"a": np.arange(4.0)}, "t", "y").layout.yaxis.range is None  # plotly's own range

@@ -219,3 +219,34 @@ def test_token_labels_without_a_class_token() -> None:
     assert token_label(0, 1, (2, 2)) == "CLS"
     assert token_label(0, 4, (2, 2), class_token_index=None) == "prefix 0"
     assert token_label(5, 4, (2, 2), class_token_index=None) == "patch (0, 1)"
+
+
+# Bugs found by trying the app as a researcher (issue 11); each test failed before its fix.
+
+def test_dataset_page_runs_twice_and_in_a_second_session(app_env: Path) -> None:
+    for _session in range(2):
+        at = start()
+        at.switch_page("entries/dataset.py").run()
+        at.slider(key="ds-count").set_value(10).run()
+        for _click in range(2):  # the same settings again: served from the cache, drawn without a replay error
+            at.button(key="ds-run").click().run()
+            no_exceptions(at)
+            assert at.dataframe and len(at.dataframe[0].value) > 0
+        assert at.slider(key="ds-count").proto.max == 1000  # the whole 1,000-canvas test set can be run
+
+
+def test_charts_are_drawn_without_streamlit_theme(app_env: Path) -> None:
+    at = start()
+    charts = at.get("plotly_chart")
+    assert charts and all(c.proto.theme == "" for c in charts)  # "streamlit" would recolour the figure
+    at.switch_page("entries/analysis.py").run()
+    assert all(c.proto.theme == "" for c in at.get("plotly_chart"))
+
+
+def test_analysis_table_has_every_layer(app_env: Path) -> None:
+    at = start()
+    at.switch_page("entries/analysis.py").run()
+    table = at.dataframe[0].value
+    for _model, rows in table.groupby("model"):
+        assert rows["layer"].tolist() == list(range(1, 9))  # the conftest pair has 8 blocks
+        np.testing.assert_allclose(rows["relative_depth"], np.arange(1, 9) / 8)
