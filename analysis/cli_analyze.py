@@ -252,9 +252,11 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     class_names = models[0].data.get("class_names")
     # Figures are written together at the end: one kaleido browser session instead of one per image.
     pending: Dict[str, Any] = {}
+    analysed: List[str] = []  # images that got the per-image analysis
 
     def per_image(items: List[ImageItem]) -> None:
         for item in tqdm(items, desc="per-image analysis", unit="img", disable=not progress):
+            analysed.append(item.name)
             first = next(iter(item.inputs.values()))
             # Models with different preprocessing each get their own input: analyse one model at a time.
             parts = [analyze_image({label: modules[label]}, item.inputs[label], settings, item.box,
@@ -277,6 +279,14 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
         per_image(items)
         image_records = [dict(i.record, name=i.name) for i in items]
         source = {"bundle_inputs": [i.name for i in items]}
+        view = getattr(args, "view_bundle", None)
+        if view is not None:
+            # An app bundle of the Compare view: the view's own figures and tables again, under the same names.
+            view_figures, view_tables = _view_outputs(view, models)
+            pending.update(view_figures)
+            for stem, rows in view_tables.items():
+                _write(out / "tables" / f"{stem}.csv", export.table_csv(rows), files, out)
+                _write(out / "tables" / f"{stem}.json", export.table_json(rows), files, out)
     elif args.images is not None:
         boxes = json.loads(args.boxes.read_text(encoding="utf-8")) if args.boxes else {}
         items = list(iter_folder_images(args.images, models, boxes))
@@ -331,7 +341,10 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     manifest = export.build_manifest(
         list(records.values()), image_records, {label: r["preprocessing"] for label, r in records.items()},
         settings.to_dict(), files=list(files),
-        extra={"source": source, "cli": _cli_record(args), "images_analysed": analysis.images if analysis else 0})
+        # Images analysed: the dataset statistics' count, else those that got the per-image analysis (one
+        # image, such as an app bundle's, makes no dataset statistics but is still analysed).
+        extra={"source": source, "cli": _cli_record(args),
+               "images_analysed": analysis.images if analysis is not None else len(analysed)})
     (out / export.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     if not args.no_bundle:
         export.write_bundle(out / "bundle.zip", files, manifest)
@@ -392,7 +405,7 @@ def _write(path: Path, content, files: Dict[str, Path], root: Path) -> None:
 
 def _cli_record(args: argparse.Namespace) -> Dict[str, Any]:
     """The arguments that shape the outputs (paths as strings), for ``--manifest`` re-runs."""
-    skip = {"manifest", "out", "command", "no_progress", "preloaded_items"}
+    skip = {"manifest", "out", "command", "no_progress", "preloaded_items", "view_bundle"}
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip}
     items = getattr(args, "preloaded_items", None)
     if items:
@@ -417,8 +430,11 @@ def _remake(args: argparse.Namespace) -> int:
             source = Path(recorded["bundle_source"])
             remade.preloaded_items = _bundle_items(source, read_manifest(source))
     else:
-        # A bundle written by the app: no command line, but its maps.npz carries every model's input.
+        # A bundle written by the app: no command line, but its maps.npz carries every model's input (and,
+        # for a Compare view, every map the view's figures are made of).
         remade.preloaded_items = _bundle_items(Path(args.manifest), manifest)
+        if (manifest.get("settings") or {}).get("page") == "compare":
+            remade.view_bundle = (Path(args.manifest), manifest)
         # Metric settings the app recorded (its other view settings, such as the selected head, are not
         # metric settings); a value the metrics do not accept keeps the default.
         for key, value in (manifest.get("settings") or {}).items():
@@ -482,6 +498,30 @@ def _bundle_items(path: Path, manifest: Dict[str, Any]) -> List[ImageItem]:
     box = tuple(float(v) for v in image["box"]) if image.get("box") else None
     return [ImageItem(name=str(image.get("key") or "image"), inputs=inputs, picture=picture, box=box, label=None,
                       record={"sha256": image.get("sha256"), "from_bundle": str(path)})]
+
+
+def _view_outputs(view: Tuple[Path, Dict[str, Any]], models: List[LoadedModel]
+                  ) -> Tuple[Dict[str, Any], Dict[str, List[Dict[str, Any]]]]:
+    """The figures and tables of an app Compare-view bundle, re-made from its raw maps and settings with
+    `analysis.compare_view` (the builders the app drew them with), keyed as in the bundle."""
+    import io
+    import zipfile
+
+    from .compare_view import CompareSettings, ModelView, compare_figures, compare_tables
+
+    path, manifest = view
+    with zipfile.ZipFile(path) as archive:
+        arrays = dict(np.load(io.BytesIO(archive.read("maps/maps.npz"))))
+    labels = [m["label"] for m in manifest["models"]]
+    views = [ModelView.from_arrays(arrays, label) for label in labels]
+    by_label = {m.label: m for m in models}
+    names = [list(by_label[label].info.class_names) or [str(i) for i in range(len(v.probs))]
+             for label, v in zip(labels, views)]
+    settings = CompareSettings.from_dict(manifest["settings"])
+    image = (manifest.get("images") or [{}])[0]
+    box = tuple(image["box"]) if image.get("box") else None
+    figs = compare_figures(views, labels, settings, names, box, image.get("label"))
+    return figs, compare_tables(views, labels, settings, names)
 
 
 def _verify_models(records: Dict[str, Dict[str, Any]], manifest: Dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .attention_metrics import METRICS, rollout_map
+from .colorscales import rgb_colorscale
 from .dataset import DatasetAnalysis, Interval, PairedComparison
 from .head_diversity import HeadEmbedding
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
@@ -87,7 +88,7 @@ def heatmap_grid(matrices: Mapping[str, np.ndarray], title: str, x_title: str, y
         fig.update_xaxes(title_text=x_title, row=1, col=col, constrain="domain", dtick=max(1, matrix.shape[1] // 8))
         fig.update_yaxes(title_text=y_title if col == 1 else None, row=1, col=col, scaleanchor=f"x{col if col > 1 else ''}",
                          dtick=max(1, matrix.shape[0] // 8))
-    fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=low, cmax=high,
+    fig.update_layout(coloraxis=dict(colorscale=rgb_colorscale(colorscale), cmin=low, cmax=high,
                                      colorbar=dict(title=dict(text=colorbar_title, side="right"))))
     return paper_layout(fig, title, width=max(420, 380 * len(names) + 120), height=460)
 
@@ -200,7 +201,7 @@ def head_embedding_scatter(embedding: HeadEmbedding, title: Optional[str] = None
         (lambda i: f"MDS dimension {i + 1} (cosine distance)")
     fig.update_xaxes(title_text=axis(0))
     fig.update_yaxes(title_text=axis(1) if embedding.coords.shape[1] > 1 else "")
-    fig.update_layout(coloraxis=dict(colorscale=DEPTH_SCALE, cmin=0, cmax=1,
+    fig.update_layout(coloraxis=dict(colorscale=rgb_colorscale(DEPTH_SCALE), cmin=0, cmax=1,
                                      colorbar=dict(title=dict(text="relative depth", side="right"))),
                       legend=dict(x=0.0, y=1.0, yanchor="top"))
     return paper_layout(fig, title or f"Head embedding ({embedding.method.upper()})", width=680, height=560)
@@ -320,7 +321,7 @@ def overlay_figure(image: np.ndarray, heatmaps: Mapping[str, np.ndarray], title:
         fig.update_xaxes(showticklabels=False, showline=False, ticks="", row=row, col=col, range=[-0.5, width - 0.5])
         fig.update_yaxes(showticklabels=False, showline=False, ticks="", row=row, col=col,
                          range=[height - 0.5, -0.5], scaleanchor=f"x{axis}")
-    fig.update_layout(coloraxis=dict(colorscale=colorscale, cmin=0, cmax=1,
+    fig.update_layout(coloraxis=dict(colorscale=rgb_colorscale(colorscale), cmin=0, cmax=1,
                                      colorbar=dict(title=dict(text="share of panel maximum", side="right"))))
     fig.update_annotations(font=dict(size=12))
     paper_layout(fig, title, width=260 * columns + 140, height=250 * rows + 90)

@@ -19,10 +19,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analysis import export
+from analysis.compare_view import ModelView
 from refiner import LoadedModel
 
 from .images import ImageItem
-from .maps import ModelView
 from .sources import source_path
 
 BUNDLE_FORMATS = ("png", "svg", "pdf", "html")
@@ -99,7 +99,8 @@ def maps_arrays(labels: Sequence[str], views: Sequence[ModelView]) -> Dict[str, 
     """Raw arrays of every model, named ``<label>/<array>`` like `analysis.export.maps_npz_bytes`.
 
     Per model: ``effective`` and ``softmax`` (L, H, N, N), ``has_softmax`` and ``refined`` (L,), ``probs``
-    (C,), ``input`` (C, H, W), ``picture`` (H, W, 3) and ``geometry`` = [K, Gh, Gw, ph, pw, H_img, W_img].
+    (C,), ``input`` (C, H, W), ``picture`` (H, W, 3), ``geometry`` = [K, Gh, Gw, ph, pw, H_img, W_img] and
+    ``class_token_index`` = [index] (-1 for none).
     """
     arrays: Dict[str, np.ndarray] = {}
     for label, view in zip(labels, views):
@@ -108,7 +109,10 @@ def maps_arrays(labels: Sequence[str], views: Sequence[ModelView]) -> Dict[str, 
                        f"{label}/probs": view.probs, f"{label}/input": view.input_tensor,
                        f"{label}/picture": view.picture,
                        f"{label}/geometry": np.array([view.num_prefix_tokens, *view.grid, *view.patch_size,
-                                                      *view.picture.shape[:2]], dtype=np.int64)})
+                                                      *view.picture.shape[:2]], dtype=np.int64),
+                       # -1: the model has no class token (its rollout uses the mean patch query)
+                       f"{label}/class_token_index": np.array(
+                           [-1 if view.class_token_index is None else view.class_token_index], dtype=np.int64)})
     return arrays
 
 

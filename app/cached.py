@@ -12,9 +12,11 @@ from typing import Optional
 
 import streamlit as st
 
+from analysis.compare_view import ModelView
+
 from .images import ImageItem, sample_item, upload_item
 from .map_store import MapStore, budget_from_env
-from .maps import ModelView, run_model
+from .maps import run_model
 from .sources import LoadedModel, load_source
 
 

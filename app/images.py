@@ -19,7 +19,6 @@ from PIL import Image
 from refiner.image_input import load_image
 
 PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "camera")
-NUM_DIGIT_SAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -43,9 +42,17 @@ class ImageItem:
     sha256: str = ""
 
 
-def sample_keys() -> List[str]:
-    """Keys of every built-in sample: dataset canvases first (the shipped models' own domain), then photos."""
-    return [f"digit:{i}" for i in range(NUM_DIGIT_SAMPLES)] + [f"photo:{name}" for name in PHOTOS]
+def test_canvas_count(canvas: Optional[str] = None) -> int:
+    """Canvases in the test set drawn with ``canvas`` (`canvas_key`; the dataset's default when it says none)."""
+    from refiner.data.cluttered_mnist import ClutteredMNISTOptions
+
+    options = json.loads(canvas) if canvas else {}
+    return int(options.get("test_size", ClutteredMNISTOptions().test_size))
+
+
+def sample_keys(canvas: Optional[str] = None) -> List[str]:
+    """Keys of every built-in sample: all test canvases first (the shipped models' own domain), then photos."""
+    return [f"digit:{i}" for i in range(test_canvas_count(canvas))] + [f"photo:{name}" for name in PHOTOS]
 
 
 def upload_key(data: bytes) -> str:
@@ -110,9 +117,11 @@ def upload_item(data: bytes) -> ImageItem:
                      sha256=hashlib.sha256(data).hexdigest())
 
 
-def describe_key(key: str) -> str:
-    """Human label of an image key for pickers."""
+def describe_key(key: str, upload_names: Optional[Mapping[str, str]] = None) -> str:
+    """Human label of an image key for pickers (an upload by its file name when ``upload_names`` has it)."""
     kind, _, name = key.partition(":")
+    if kind == "upload" and upload_names and key in upload_names:
+        return f"Upload: {upload_names[key]}"
     if kind == "digit":
         return f"Cluttered digit #{name}"
     if kind == "photo":

@@ -7,27 +7,30 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import streamlit as st
 
+from analysis.compare_view import ModelView, token_label
 from analysis.similarity import align_layers
 from refiner import LoadedModel, ModelSourceError
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from . import cached
-from .images import ImageItem, canvas_key, describe_key, sample_keys, upload_key
-from .maps import ModelView, token_label
-from .selection import Selection, head_value, parse_head, parse_int, url_changes
+from .images import ImageItem, canvas_key, describe_key, sample_keys, test_canvas_count, upload_key
+from .selection import (COMPARE_TABS, DEFAULT_OPACITY, MAP_KINDS, ROLLOUT_FUSIONS, Selection, head_value, parse_choice,
+                        parse_flag, parse_head, parse_int, parse_opacity, parse_tab, url_changes)
 from .sources import DEFAULT_PAIR, missing_default_message, shipped_sources
 
 UPLOAD_WIDGET = "upload"
 EXTRA_SOURCES = "extra_sources"   # sources added on the Models page (short strings)
 UPLOAD_ERROR = "upload_error"     # the last rejected upload's message
-# The bytes of the last upload that decoded. The uploader widget holds whatever file was dropped last, also a
-# rejected one; keeping the accepted bytes apart is what lets a bad upload change nothing (DESIGN section 8).
-# One file per session, at most the upload size limit.
-ACCEPTED_UPLOAD = "accepted_upload"
+# The uploads of this session that decoded: image key -> (file name, bytes), oldest first. The uploader widget
+# holds whatever file was dropped last, also a rejected one; keeping the accepted files apart is what lets a
+# bad upload change nothing (DESIGN section 8) and lets the user switch between several uploads.
+UPLOADS = "uploads"
+MAX_UPLOADS = 6                   # per session, each at most the upload size limit
+LAST_URL = "last_url"             # the query parameters this session wrote last (to tell Back/Forward apart)
 
 
 @dataclass
@@ -70,10 +73,31 @@ class Context:
         return head_value(self.selection.head)
 
 
-def _init_from_url(key: str, value: object) -> None:
-    """Seed a widget's state once per session (URL first), then let the widget own it."""
-    if key not in st.session_state:
-        st.session_state[key] = value
+def _url_value(key: str, params: Mapping[str, str], last: Optional[Mapping[str, str]]) -> Optional[str]:
+    """The URL's value of ``key`` when it must set the widget, else None.
+
+    It must on the session's first run (a shared link) and when the browser changed the URL since this
+    session last wrote it (Back/Forward, an edited address); otherwise the widget owns the value.
+    """
+    value = params.get(key)
+    if value is None or (last is not None and last.get(key) == value):
+        return None
+    return value
+
+
+def _seed(key: str, url_key: str, params: Mapping[str, str], last: Optional[Mapping[str, str]],
+          parse: Callable[[str], Any], default: Any) -> None:
+    """Set widget state ``key`` from URL parameter ``url_key`` when the URL says so (`_url_value`), else keep it.
+
+    A page's own widget (opacity, map kind, ...) loses its state while another page is shown (Streamlit drops
+    the state of widgets not drawn in a run); it comes back from what this session last wrote to the URL, so
+    switching pages keeps every option. ``default`` is for a new session whose link does not say.
+    """
+    text = _url_value(url_key, params, last)
+    if text is not None:
+        st.session_state[key] = parse(text)
+    elif key not in st.session_state:
+        st.session_state[key] = parse(last[url_key]) if last and url_key in last else default
 
 
 def _on_upload() -> None:
@@ -82,7 +106,7 @@ def _on_upload() -> None:
     st.session_state[UPLOAD_ERROR] = ""
     if uploaded is None:
         # Replacing the file fires a change with no file before the new one arrives, so an empty uploader
-        # must not drop the accepted image: it stays in the Image picker until another upload decodes.
+        # must not drop the accepted images: they stay in the Image picker.
         return
     data = uploaded.getvalue()
     try:
@@ -90,8 +114,14 @@ def _on_upload() -> None:
     except ImageInputError as error:
         st.session_state[UPLOAD_ERROR] = f"{uploaded.name}: {error}"
         return
-    st.session_state[ACCEPTED_UPLOAD] = data
-    st.session_state["img"] = upload_key(data)
+    key = upload_key(data)
+    uploads = dict(st.session_state.get(UPLOADS) or {})
+    uploads.pop(key, None)
+    uploads[key] = (uploaded.name, data)
+    while len(uploads) > MAX_UPLOADS:  # the oldest goes; the new one is the current image
+        uploads.pop(next(iter(uploads)))
+    st.session_state[UPLOADS] = uploads
+    st.session_state["img"] = key
 
 
 def _load(source: str, errors: List[str]) -> Optional[LoadedModel]:
@@ -102,21 +132,33 @@ def _load(source: str, errors: List[str]) -> Optional[LoadedModel]:
         return None
 
 
-def _current_upload() -> Optional[bytes]:
-    """The last upload that decoded (a later rejected one does not replace it)."""
-    return st.session_state.get(ACCEPTED_UPLOAD)
+def _uploads() -> Dict[str, Tuple[str, bytes]]:
+    """This session's accepted uploads: key -> (file name, bytes)."""
+    return dict(st.session_state.get(UPLOADS) or {})
+
+
+def _describe_image(key: str) -> str:
+    """Picker label of an image key, uploads by their file name (reads this session's uploads)."""
+    return describe_key(key, {k: name for k, (name, _) in _uploads().items()})
 
 
 def render_sidebar() -> Context:
     """Draw the shared selection widgets and return the page context."""
-    params = st.query_params
+    params = st.query_params.to_dict()
+    last = st.session_state.get(LAST_URL)
     errors: List[str] = []
     shipped = shipped_sources()
     default_a, default_b = (DEFAULT_PAIR if set(DEFAULT_PAIR) <= set(shipped)
                             else (shipped[0], shipped[-1]) if shipped else ("", ""))
-    _init_from_url("a", params.get("a", default_a))
-    _init_from_url("b", params.get("b", default_b))
-    _init_from_url("img", params.get("img", sample_keys()[0]))
+    _seed("a", "a", params, last, str, default_a)
+    _seed("b", "b", params, last, str, default_b)
+    _seed("img", "img", params, last, str, "digit:0")
+    _seed("kind", "kind", params, last, lambda t: parse_choice(t, MAP_KINDS, MAP_KINDS[0]), MAP_KINDS[0])
+    _seed("compare-tab", "tab", params, last, parse_tab, COMPARE_TABS[0])
+    _seed("opacity", "opacity", params, last, parse_opacity, DEFAULT_OPACITY)
+    _seed("shared", "shared", params, last, parse_flag, False)
+    _seed("an-fusion", "fusion", params, last, lambda t: parse_choice(t, ROLLOUT_FUSIONS, ROLLOUT_FUSIONS[0]),
+          ROLLOUT_FUSIONS[0])
     extra = list(st.session_state.get(EXTRA_SOURCES, []))
     options = list(dict.fromkeys(shipped + extra + [st.session_state["a"], st.session_state["b"]]))
     options = [o for o in options if o]
@@ -129,24 +171,30 @@ def render_sidebar() -> Context:
     sidebar.selectbox("Model A", options, key="a", help="Left slot (vanilla by default).")
     sidebar.selectbox("Model B", options, key="b", help="Right slot (refined by default).")
     models = (_load(st.session_state["a"], errors), _load(st.session_state["b"], errors))
+    canvas = canvas_key(models[0].data if models[0] else None)
 
+    types = ", ".join(t.upper() for t in ACCEPTED_EXTENSIONS)
     sidebar.file_uploader("Upload an image", type=list(ACCEPTED_EXTENSIONS), key=UPLOAD_WIDGET,
-                          on_change=_on_upload, help="JPEG, PNG, WebP, BMP, GIF (first frame) or TIFF, up to 20 MB.")
+                          on_change=_on_upload,
+                          help=f"Accepted types: {types} (GIF: first frame), up to 20 MB. Each upload is added to "
+                               "the Image picker, so you can switch between them.")
     if st.session_state.get(UPLOAD_ERROR):
         sidebar.error(st.session_state[UPLOAD_ERROR])
-    upload = _current_upload()
-    image_options = sample_keys()
-    if upload is not None and upload_key(upload) not in image_options:
-        image_options = [upload_key(upload)] + image_options
+    uploads = _uploads()
+    image_options = list(reversed(list(uploads))) + sample_keys(canvas)
     if st.session_state["img"] not in image_options:
         if str(st.session_state["img"]).startswith("upload:"):
             errors.append("The image in this link was an upload that this session does not have; upload it "
                           "again. Showing a sample meanwhile.")
+        else:
+            errors.append(f"There is no image {st.session_state['img']!r} (test canvases are digit:0 to "
+                          f"digit:{test_canvas_count(canvas) - 1}); showing a sample meanwhile.")
         st.session_state["img"] = image_options[0]
-    sidebar.selectbox("Image", image_options, key="img", format_func=describe_key)
+    sidebar.selectbox("Image", image_options, key="img", format_func=_describe_image,
+                      help="Test canvases of the models' dataset (type a number to find one), sample photos, and "
+                           "this session's uploads.")
     img = st.session_state["img"]
-    item_upload = upload if img.startswith("upload:") and upload is not None and upload_key(upload) == img else None
-    canvas = canvas_key(models[0].data if models[0] else None)
+    item_upload = uploads[img][1] if img in uploads else None
     item = cached.get_upload(item_upload) if item_upload is not None else cached.get_sample(img, canvas)
     if item.notes:
         sidebar.caption("Upload: " + "; ".join(item.notes))
@@ -154,27 +202,31 @@ def render_sidebar() -> Context:
     layer, head, query = 1, "mean", 0
     if models[0] is not None and models[1] is not None:
         view_a = cached.get_view(models[0].source, img, item_upload, canvas)
-        _init_from_url("layer", parse_int(params.get("layer"), view_a.depth, 1, view_a.depth))
+        _seed("layer", "layer", params, last, lambda t: parse_int(t, view_a.depth, 1, view_a.depth),
+              view_a.depth)
         st.session_state["layer"] = min(max(int(st.session_state["layer"]), 1), view_a.depth)
         layer = sidebar.slider("Layer (model A; B follows by relative depth)", 1, view_a.depth, key="layer")
         heads = min(view_a.num_heads, cached.get_view(models[1].source, img, item_upload, canvas).num_heads)
         head_options = ["mean", "max"] + [str(h) for h in range(heads)]
-        _init_from_url("head", parse_head(params.get("head"), heads))
+        _seed("head", "head", params, last, lambda t: parse_head(t, heads), "mean")
         if st.session_state["head"] not in head_options:
             st.session_state["head"] = "mean"
         head = sidebar.selectbox("Head", head_options, key="head",
                                  format_func=lambda h: f"{h} over heads" if h in ("mean", "max") else f"head {h}")
         tokens = view_a.num_prefix_tokens + view_a.grid[0] * view_a.grid[1]
-        _init_from_url("q", parse_int(params.get("q"), 0, 0, tokens - 1))
+        _seed("q", "q", params, last, lambda t: parse_int(t, 0, 0, tokens - 1), 0)
         st.session_state["q"] = min(max(int(st.session_state["q"]), 0), tokens - 1)
         query = sidebar.selectbox("Query token (or click a patch)", list(range(tokens)), key="q",
                                   format_func=lambda t: token_label(t, view_a.num_prefix_tokens, view_a.grid,
                                                                     view_a.class_token_index))
-    selection = Selection(a=st.session_state["a"], b=st.session_state["b"], img=img, layer=int(layer),
-                          head=str(head), q=int(query))
-    changes = url_changes(st.query_params.to_dict(), selection)
+    state = st.session_state
+    selection = Selection(a=state["a"], b=state["b"], img=img, layer=int(layer), head=str(head), q=int(query),
+                          kind=str(state["kind"]), tab=str(state["compare-tab"]), opacity=float(state["opacity"]),
+                          shared=bool(state["shared"]), fusion=str(state["an-fusion"]))
+    changes = url_changes(params, selection)
     if changes:
         st.query_params.from_dict(changes)
+    st.session_state[LAST_URL] = selection.to_url()
     return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload)
 
 

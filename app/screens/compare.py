@@ -1,26 +1,39 @@
 """Compare: the two models side by side on one image (DESIGN section 6).
 
-Everything drawn here slices the cached captures of `app.cached.get_view`; changing layer, head, query or
-any display option re-draws without running a model.
+The figures come from `analysis.compare_view.compare_figures` (``refiner analyze --manifest`` re-makes the
+same from a bundle); this page only chooses what to show and draws it. Everything drawn slices the cached
+captures of `app.cached.get_view`, so changing layer, head, query or any display option re-draws without
+running a model, and only the open tab's figures are built and sent to the browser.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-import numpy as np
 import streamlit as st
 
-from ..maps import (ModelView, all_heads_grids, head_matrix, map_query, patch_token, query_grid, token_label,
-                    top_k)
-from ..bundle import ViewContents, build_bundle
+from analysis.compare_view import (CompareSettings, ModelView, compare_figures, compare_tables, figure_stem,
+                                   map_query, patch_token, token_label)
+
+from ..bundle import ViewContents, build_bundle, bundle_labels
 from ..charts import show_chart
 from ..exports import bundle_export, figure_exports, maps_export
+from ..model_info import model_notes
+from ..selection import COMPARE_TABS
 from ..sidebar import Context
-from ..views import attention_overlay, clicked_patch, heads_grid, token_matrix, top_k_bars
+from ..views import clicked_patch
 
 CLICK_KEYS = ("click-a", "click-b")
+TAB_PARTS = {"All heads": "heads", "N x N matrix": "matrix", "Softmax vs effective": "softmax-vs-effective",
+             "Difference A - B": "difference"}
+LEGEND = ("**Reading the maps.** Each overlay is the chosen query's row of the attention map over the patches "
+          "(prefix tokens such as CLS left out). The cyan square is the query patch (none for CLS); the dotted "
+          "green box is the digit's ground-truth box (dataset canvases only); in the top-5 bars the true class "
+          "is green. Effective maps of refined blocks are what multiplies V: they are not probabilities, can be "
+          "negative and above 1, and are drawn on a blue-white-red scale centred on 0; softmax maps are in "
+          "[0, 1] (Inferno, black = 0). Each colour bar says what it measures; by default each overlay has its "
+          "own range, tick *Same colour scale for A and B* to compare magnitudes.")
 
 
 def _on_click(slot: int, grid: Tuple[int, int], prefix: int, other: Optional[Tuple[int, Tuple[int, int]]]) -> None:
@@ -40,25 +53,35 @@ def _on_click(slot: int, grid: Tuple[int, int], prefix: int, other: Optional[Tup
     st.session_state["q"] = patch_token(row, col, prefix, grid)
 
 
-def _options() -> Tuple[float, str]:
-    left, right = st.columns([2, 3])
-    opacity = left.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="opacity")
-    kind = right.radio("Map", ["effective", "softmax"], horizontal=True, key="kind",
-                       help="effective: the matrix that multiplies V (what a refined block really uses); "
-                            "softmax: the block's own softmax(QK^T) before refinement. Equal for vanilla blocks.")
-    return opacity, kind
+def _options() -> Tuple[float, str, bool]:
+    """Display options; their values are seeded from the URL by the sidebar (no defaults passed here)."""
+    left, middle, right = st.columns([2, 2, 2])
+    opacity = left.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="opacity")
+    kind = middle.radio("Map", ["effective", "softmax"], horizontal=True, key="kind",
+                        help="effective: the matrix that multiplies V (what a refined block really uses); "
+                             "softmax: the block's own softmax(QK^T) before refinement. Equal for vanilla blocks.")
+    shared = right.checkbox("Same colour scale for A and B", key="shared",
+                            help="One colour range over both overlays, so equal colours mean equal values.")
+    return opacity, kind, shared
 
 
-def _query_patch(query: int, view: ModelView) -> Optional[Tuple[int, int]]:
-    if query < view.num_prefix_tokens:
-        return None
-    return divmod(query - view.num_prefix_tokens, view.grid[1])
+def _view_settings(ctx: Context, views: Sequence[ModelView], opacity: float, kind: str,
+                   shared: bool) -> CompareSettings:
+    layers = ctx.layers(views)
+    return CompareSettings(layer_a=layers[0] + 1, layer_b=layers[1] + 1, head=ctx.selection.head,
+                           query_a=ctx.selection.q, query_b=map_query(ctx.selection.q, views[0], views[1]),
+                           map_kind=kind, opacity=opacity, shared_scale=shared)
 
 
-def _grid_rows(label: str, grid_map: np.ndarray) -> List[Dict[str, object]]:
-    """Long-format rows (model, row, col, attention) of one query's map over the patches."""
-    return [{"model": label, "row": int(r), "col": int(c), "attention": float(v)}
-            for (r, c), v in np.ndenumerate(grid_map)]
+def _bundle(ctx: Context, views: Sequence[ModelView], settings: CompareSettings, formats: Sequence[str]) -> bytes:
+    """The view's ZIP bundle: every part's figures and tables, built only when the button is clicked."""
+    labels = bundle_labels(ctx.models)
+    names = [m.info.class_names for m in ctx.models]
+    contents = ViewContents(
+        figures=compare_figures(views, labels, settings, names, ctx.item.box, ctx.item.label),
+        tables=compare_tables(views, labels, settings, names),
+        settings={"page": "compare", **settings.to_dict()})
+    return build_bundle(contents, ctx.models, views, ctx.item, formats, extra={"url_query": ctx.selection.to_url()})
 
 
 def render(ctx: Context) -> None:
@@ -68,127 +91,91 @@ def render(ctx: Context) -> None:
         st.info("Choose two models and an image in the sidebar.")
         return
     views = ctx.views()
-    layers = ctx.layers(views)
-    queries = (ctx.selection.q, map_query(ctx.selection.q, views[0], views[1]))
-    opacity, kind = _options()
-    head_text = ctx.selection.head if not ctx.selection.head.isdigit() else f"head {ctx.selection.head}"
-    query_name = token_label(queries[0], views[0].num_prefix_tokens, views[0].grid, views[0].class_token_index)
-    st.caption(f"Query: {query_name}. Click a patch on "
-               "either image to make it the query; CLS is token 0 in the sidebar.")
+    opacity, kind, shared = _options()
+    settings = _view_settings(ctx, views, opacity, kind, shared)
+    st.caption(f"Query: {token_label(settings.query_a, views[0].num_prefix_tokens, views[0].grid, views[0].class_token_index)}. Click a patch "
+               "on either image to make it the query; CLS is token 0 in the sidebar.")
+    with st.expander("How to read this page"):
+        st.markdown(LEGEND)
+    bundle_export(functools.partial(_bundle, ctx, views, settings),
+                  f"refiner-view-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="bundle")
 
-    # The bundle button sits at the top but is filled in last, once every figure of the view exists.
-    bundle_slot = st.container()
-    contents = ViewContents(settings={
-        "page": "compare", "layer_a": layers[0] + 1, "layer_b": layers[1] + 1, "head": ctx.selection.head,
-        "query_a": queries[0], "query_b": queries[1], "map_kind": kind, "opacity": opacity})
+    labels = bundle_labels(ctx.models)
+    names = [m.info.class_names for m in ctx.models]
+    tab = st.session_state.get("compare-tab") or COMPARE_TABS[0]
+    parts = ("overlay", "top5") + ((TAB_PARTS[tab],) if tab in TAB_PARTS else ())
+    figs = compare_figures(views, labels, settings, names, ctx.item.box, ctx.item.label, parts=parts)
+    layers = (settings.layer_a - 1, settings.layer_b - 1)
 
-    grids = []
     columns = st.columns(2)
-    for slot, (column, model, view, layer, query) in enumerate(zip(columns, ctx.models, views, layers, queries)):
+    for slot, (column, model, view, layer) in enumerate(zip(columns, ctx.models, views, layers)):
         with column:
             st.subheader(f"{'AB'[slot]}: {model.label}")
-            use_kind = kind if view.has_softmax[layer] else "effective"
-            matrix = head_matrix(view, layer, ctx.head, use_kind)
-            grid_map = query_grid(matrix, query, view.num_prefix_tokens, view.grid)
-            grids.append(grid_map)
-            title = (f"layer {layer + 1}/{view.depth}, {head_text}, {use_kind}"
-                     + (" (refined block)" if view.refined[layer] else ""))
-            fig = attention_overlay(view.picture, grid_map, view.patch_size, opacity, title,
-                                    query_patch=_query_patch(query, view), box=ctx.item.box,
-                                    diverging=bool(grid_map.min() < 0))
+            stem = figure_stem("overlay", slot, layer)
             other = (views[0].num_prefix_tokens, views[0].grid) if slot == 1 else None
-            show_chart(fig, key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
-                            on_select=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
-            figure_exports(fig, f"overlay-{'ab'[slot]}-layer{layer + 1}", key=f"exp-overlay-{slot}")
-            contents.figures[f"overlay-{'ab'[slot]}-layer{layer + 1}"] = fig
-            contents.tables[f"query-map-{'ab'[slot]}"] = _grid_rows(model.label, grid_map)
-            predictions = top_k(view.probs, model.info.class_names, 5)
-            truth = model.info.class_names[ctx.item.label] if ctx.item.label is not None and \
-                ctx.item.label < len(model.info.class_names) else None
-            bars = top_k_bars(predictions, "Top-5 predictions", truth)
-            show_chart(bars, key=f"top5-{slot}", config={"displayModeBar": False})
-            figure_exports(bars, f"top5-{'ab'[slot]}", key=f"exp-top5-{slot}")
-            contents.figures[f"top5-{'ab'[slot]}"] = bars
-            contents.tables.setdefault("top5", []).extend(
-                {"slot": "AB"[slot], "model": model.label, "rank": rank, "class_name": name, "probability": prob}
-                for rank, (name, prob) in enumerate(predictions, start=1))
+            show_chart(figs[stem], key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
+                       on_select=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
+            figure_exports(figs[stem], stem, key=f"exp-overlay-{slot}")
+            stem = figure_stem("top5", slot, layer)
+            show_chart(figs[stem], key=f"top5-{slot}", config={"displayModeBar": False})
+            for note in model_notes(model, ctx.item):
+                if note.warning:
+                    st.warning(note.text)
+                else:
+                    st.caption(note.text)
+            figure_exports(figs[stem], stem, key=f"exp-top5-{slot}")
 
-    # Lazy tabs: only the open tab's charts are sent to the browser (each chart costs serialisation and a
-    # plotly render there); every tab's figure is still built, for the bundle.
-    tabs = st.tabs(["All heads", "N x N matrix", "Softmax vs effective", "Difference A - B", "Raw maps"],
-                   key="compare-tab", on_change="rerun")
-    shown = [tab.open is not False for tab in tabs]  # None (no key/tracking): draw everything
-    with tabs[0]:
-        for slot, (model, view, layer, query) in enumerate(zip(ctx.models, views, layers, queries)):
-            use_kind = kind if view.has_softmax[layer] else "effective"
-            maps = all_heads_grids(view, layer, query, use_kind)
-            fig = heads_grid(maps, [f"head {h}" for h in range(maps.shape[0])],
-                             f"{'AB'[slot]}: {model.label}, layer {layer + 1}, every head",
-                             diverging=bool(maps.min() < 0))
-            if shown[0]:
-                show_chart(fig, key=f"heads-{slot}")
-                figure_exports(fig, f"heads-{'ab'[slot]}-layer{layer + 1}", key=f"exp-heads-{slot}")
-            contents.figures[f"heads-{'ab'[slot]}-layer{layer + 1}"] = fig
-    with tabs[1]:
+    # Lazy tabs: only the open tab's figures are built and sent to the browser (each chart costs building,
+    # serialisation and a plotly render there); the bundle builds every part when it is asked for.
+    tabs = st.tabs(list(COMPARE_TABS), key="compare-tab", on_change="rerun")
+    for label, container in zip(COMPARE_TABS, tabs):
+        if container.open is False:
+            continue
+        with container:
+            _draw_tab(label, ctx, views, figs, layers)
+
+
+def _draw_tab(label: str, ctx: Context, views: Sequence[ModelView], figs: dict, layers: Tuple[int, int]) -> None:
+    if label == "All heads":
+        for slot in range(2):
+            stem = figure_stem("heads", slot, layers[slot])
+            show_chart(figs[stem], key=f"heads-{slot}")
+            figure_exports(figs[stem], stem, key=f"exp-heads-{slot}")
+    elif label == "N x N matrix":
         for slot, column in enumerate(st.columns(2)):
-            view, layer = views[slot], layers[slot]
-            use_kind = kind if view.has_softmax[layer] else "effective"
-            matrix = head_matrix(view, layer, ctx.head, use_kind)
-            labels = [token_label(t, view.num_prefix_tokens, view.grid, view.class_token_index)
-                      for t in range(matrix.shape[0])]
-            fig = token_matrix(matrix, labels, f"{'AB'[slot]}: layer {layer + 1}, {head_text}, {use_kind}",
-                               diverging=bool(matrix.min() < 0))
-            if shown[1]:
-                with column:
-                    show_chart(fig, key=f"matrix-{slot}")
-                    figure_exports(fig, f"matrix-{'ab'[slot]}-layer{layer + 1}", key=f"exp-matrix-{slot}")
-            contents.figures[f"matrix-{'ab'[slot]}-layer{layer + 1}"] = fig
-    with tabs[2]:
-        any_refined = False
-        for slot, (model, view, layer, query) in enumerate(zip(ctx.models, views, layers, queries)):
-            if not view.refined[layer]:
+            stem = figure_stem("matrix", slot, layers[slot])
+            with column:
+                show_chart(figs[stem], key=f"matrix-{slot}")
+                figure_exports(figs[stem], stem, key=f"exp-matrix-{slot}")
+    elif label == "Softmax vs effective":
+        shown = False
+        for slot, model in enumerate(ctx.models):
+            stem = figure_stem("softmax-vs-effective", slot, layers[slot])
+            if stem not in figs:
                 continue
-            any_refined = True
-            if shown[2]:
-                st.markdown(f"**{'AB'[slot]}: {model.label}**, layer {layer + 1}: the softmax map, the effective "
-                            "map after refinement, and what refinement added (effective - softmax).")
-            soft = query_grid(head_matrix(view, layer, ctx.head, "softmax"), query, view.num_prefix_tokens,
-                              view.grid)
-            eff = query_grid(head_matrix(view, layer, ctx.head, "effective"), query, view.num_prefix_tokens,
-                             view.grid)
-            stack = np.stack([soft, eff, eff - soft])
-            fig = heads_grid(stack, ["softmax", "effective", "effective - softmax"],
-                             f"{model.label}, layer {layer + 1}", diverging=True, columns=3)
-            if shown[2]:
-                show_chart(fig, key=f"softeff-{slot}")
-                figure_exports(fig, f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}",
-                               key=f"exp-softeff-{slot}")
-            contents.figures[f"softmax-vs-effective-{'ab'[slot]}-layer{layer + 1}"] = fig
-        if not any_refined and shown[2]:
+            shown = True
+            st.markdown(f"**{'AB'[slot]}: {model.label}**, layer {layers[slot] + 1}: the softmax map, the effective "
+                        "map after refinement, and what refinement added (effective - softmax), each on its own "
+                        "colour scale.")
+            show_chart(figs[stem], key=f"softeff-{slot}")
+            figure_exports(figs[stem], stem, key=f"exp-softeff-{slot}")
+        if not shown:
             st.info("Neither model refines this layer, so its softmax and effective maps are the same.")
-    with tabs[3]:
-        if grids[0].shape != grids[1].shape:
-            st.info(f"The two models have different patch grids ({grids[0].shape} vs {grids[1].shape}); a "
+    elif label == "Difference A - B":
+        stem = figure_stem("difference", 0, layers[0])
+        if stem not in figs:
+            st.info(f"The two models have different patch grids ({views[0].grid} vs {views[1].grid}); a "
                     "difference map needs the same grid.")
-        else:
-            difference = grids[0] - grids[1]
-            fig = attention_overlay(views[0].picture, difference, views[0].patch_size, opacity,
-                                    f"A - B, layer {layers[0] + 1} vs {layers[1] + 1}, {head_text}",
-                                    query_patch=_query_patch(queries[0], views[0]), diverging=True)
-            if shown[3]:
-                show_chart(fig, key="difference", config={"displayModeBar": False})
-                figure_exports(fig, "difference-a-b", key="exp-difference")
-            contents.figures["difference-a-b"] = fig
-    with bundle_slot:
-        bundle_export(functools.partial(build_bundle, contents, ctx.models, views, ctx.item,
-                                        extra={"url_query": ctx.selection.to_url()}),
-                      f"refiner-view-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="bundle")
-    with tabs[4]:
-        if not shown[4]:
             return
+        show_chart(figs[stem], key="difference", config={"displayModeBar": False})
+        figure_exports(figs[stem], stem, key="exp-difference")
+    elif label == "Raw maps":
         st.write("Every block's softmax and effective maps of both models on this image, (L, H, N, N) each.")
         for slot, (model, view) in enumerate(zip(ctx.models, views)):
             maps_export({"softmax": view.softmax, "effective": view.effective, "has_softmax": view.has_softmax,
                          "refined": view.refined, "probs": view.probs, "input": view.input_tensor,
                          "picture": view.picture},
-                        f"maps-{'ab'[slot]}-{model.label}", key=f"raw-{slot}", label=f"{'AB'[slot]}: {model.label} (NPZ)")
+                        f"maps-{'ab'[slot]}-{model.label}", key=f"raw-{slot}",
+                        label=f"{'AB'[slot]}: {model.label} (NPZ)")
+
+

@@ -82,3 +82,12 @@ def test_a_flat_curve_is_not_drawn_on_a_symmetric_axis() -> None:
     assert tuple(layer_curves({"a": np.zeros(8), "b": np.zeros(8)}, "t", "count").layout.yaxis.range) == (0.0, 1.0)
     assert tuple(layer_curves({"a": np.full(4, 3.0)}, "t", "count").layout.yaxis.range) == (0.0, 6.0)
     assert layer_curves({"a": np.arange(4.0)}, "t", "y").layout.yaxis.range is None  # plotly's own range
+
+
+def test_no_analysis_figure_has_a_colour_streamlit_rewrites(pair: dict) -> None:
+    from test_view_figures import streamlit_placeholders
+
+    torch.manual_seed(0)
+    result = analyze_image(pair, torch.randn(3, 32, 32), box=(4, 4, 20, 20))
+    figs = image_figures(result, np.zeros((32, 32, 3), np.uint8))
+    assert "overlays" in figs and all(not streamlit_placeholders(f) for f in figs.values())

@@ -16,7 +16,7 @@ from app.bundle import ViewContents, build_bundle, bundle_labels, maps_arrays
 from app.images import upload_item
 from app.maps import run_model
 from app.sources import load_source
-from app.views import attention_overlay, top_k_bars
+from analysis.view_figures import attention_overlay, top_k_bars
 
 
 def test_bundle_of_a_view(app_env: Path, tmp_path: Path) -> None:
@@ -108,3 +108,44 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (48, 48), (40, 80, 120)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: Path, tmp_path: Path) -> None:
+    """Issue 11 bug 7: ``--manifest`` of a Compare bundle writes the view's own figures, byte for byte the same
+    files as the bundle's (apart from plotly's random element ids), and counts the image it analysed."""
+    import argparse
+    import re
+
+    from analysis import cli_analyze
+    from analysis.compare_view import CompareSettings, compare_figures, compare_tables
+    from app.images import canvas_key, sample_item
+
+    models = [load_source("vanilla"), load_source("refined")]
+    item = sample_item("digit:3", canvas_key(models[0].data))
+    views = [run_model(m, item.image) for m in models]
+    settings = CompareSettings(layer_a=3, layer_b=3, head="1", query_a=20, query_b=20, map_kind="softmax",
+                               opacity=0.4, shared_scale=True)
+    labels, names = bundle_labels(models), [m.class_names for m in models]
+    contents = ViewContents(figures=compare_figures(views, labels, settings, names, item.box, item.label),
+                            tables=compare_tables(views, labels, settings, names),
+                            settings={"page": "compare", **settings.to_dict()})
+    assert {"overlay-a-layer3", "top5-b", "heads-a-layer3", "matrix-b-layer3", "softmax-vs-effective-b-layer3",
+            "difference-a-b"} <= set(contents.figures)
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(build_bundle(contents, models, views, item, formats=("html",)))
+    parser = argparse.ArgumentParser()
+    cli_analyze.add_arguments(parser)
+    out = tmp_path / "remade"
+    args = parser.parse_args(["--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"])
+    assert cli_analyze.run(args) == 0
+    remade = json.loads((out / "manifest.json").read_text())
+    assert remade["extra"]["images_analysed"] == 1
+
+    def without_ids(html: bytes) -> str:
+        return re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "ID", html.decode())
+
+    with zipfile.ZipFile(path) as archive:
+        for stem in contents.figures:
+            assert without_ids((out / "figures" / f"{stem}.html").read_bytes()) == \
+                without_ids(archive.read(f"figures/{stem}.html")), stem
+        assert json.loads((out / "tables" / "top5.json").read_text()) == json.loads(archive.read("tables/top5.json"))

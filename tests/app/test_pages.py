@@ -12,9 +12,10 @@ from streamlit.testing.v1 import AppTest
 
 from app.images import canvas_key, sample_item, upload_key
 from app.launch import SERVE, add_arguments, streamlit_command
-from app.maps import map_query, patch_token, token_label
+from analysis.compare_view import map_query, patch_token, token_label
 from app.selection import Selection, parse_head, parse_int, url_changes
-from app.views import PATCH_TRACE, attention_overlay, clicked_patch
+from analysis.view_figures import PATCH_TRACE, attention_overlay
+from app.views import clicked_patch
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 
@@ -250,3 +251,79 @@ def test_analysis_table_has_every_layer(app_env: Path) -> None:
     for _model, rows in table.groupby("model"):
         assert rows["layer"].tolist() == list(range(1, 9))  # the conftest pair has 8 blocks
         np.testing.assert_allclose(rows["relative_depth"], np.arange(1, 9) / 8)
+
+
+def _params(at: AppTest) -> dict:
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+
+
+def test_url_restores_the_whole_view(app_env: Path) -> None:
+    at = start({"img": "digit:123", "kind": "softmax", "tab": "matrix", "opacity": "0.35", "shared": "1",
+                "fusion": "max", "layer": "2"})
+    no_exceptions(at)
+    assert at.sidebar.selectbox(key="img").value == "digit:123"  # any of the 1,000 test canvases
+    assert at.radio(key="kind").value == "softmax" and at.checkbox(key="shared").value is True
+    assert at.slider(key="opacity").value == 0.35
+    assert at.session_state["compare-tab"] == "N x N matrix"
+    assert any(c.key == "matrix-0" for c in at.get("plotly_chart") if hasattr(c, "key"))
+    assert _params(at)["tab"] == "matrix" and _params(at)["kind"] == "softmax"
+    # The options survive a visit to another page, and the Analysis page takes the rollout fusion from the URL.
+    at.switch_page("entries/analysis.py").run()
+    assert at.selectbox(key="an-fusion").value == "max"
+    at.switch_page("entries/compare.py").run()
+    no_exceptions(at)
+    assert at.radio(key="kind").value == "softmax" and at.slider(key="opacity").value == 0.35
+
+
+def test_changed_url_sets_the_widgets_like_the_back_button(app_env: Path) -> None:
+    at = start()
+    at.sidebar.slider(key="layer").set_value(3).run()
+    assert _params(at)["layer"] == "3"
+    at.query_params["layer"] = "5"   # the browser went back to (or was given) a URL with another layer
+    at.query_params["kind"] = "softmax"
+    at.run()
+    no_exceptions(at)
+    assert at.sidebar.slider(key="layer").value == 5 and at.radio(key="kind").value == "softmax"
+    at.sidebar.slider(key="layer").set_value(6).run()  # and the widgets own the value again afterwards
+    assert at.sidebar.slider(key="layer").value == 6 and _params(at)["layer"] == "6"
+
+
+def test_an_unknown_image_in_the_url_says_so(app_env: Path) -> None:
+    at = start({"img": "digit:5000"})
+    no_exceptions(at)
+    assert any("digit:0 to digit:999" in w.value for w in at.warning)
+
+
+def test_predictions_say_what_the_model_knows(app_env: Path) -> None:
+    at = start({"img": "photo:astronaut"})
+    no_exceptions(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Trained on cluttered-mnist (48 px canvases" in captions and "input 48 x 48 px, grey" in captions
+    assert "10 classes: 0, 1" in captions
+    assert any("far from its training data" in w.value for w in at.warning)
+    at = start({"img": "digit:2"})
+    assert not any("far from" in w.value for w in at.warning)
+
+
+def _png_bytes(size: tuple, color: tuple) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_uploads_keep_their_names_and_can_be_switched(app_env: Path) -> None:
+    from app.images import describe_key
+    from app.sidebar import UPLOADS
+
+    first, second = _png_bytes((60, 50), (10, 20, 30)), _png_bytes((64, 64), (200, 100, 0))
+    at = start()
+    # What the uploader callback stores (AppTest cannot drive st.file_uploader): two accepted uploads.
+    at.session_state[UPLOADS] = {upload_key(first): ("cat.png", first), upload_key(second): ("dog.png", second)}
+    at.run()
+    no_exceptions(at)
+    picker = at.sidebar.selectbox(key="img")
+    assert picker.options[:2] == ["Upload: dog.png", "Upload: cat.png"]  # newest first
+    picker.select_index(1).run()
+    no_exceptions(at)
+    assert _params(at)["img"] == upload_key(first)
+    assert describe_key(upload_key(first), {upload_key(first): "cat.png"}) == "Upload: cat.png"

@@ -1,0 +1,91 @@
+"""The Compare view's figures: square panels, their own or one shared colour scale, token ticks, labels."""
+
+import numpy as np
+
+from analysis.compare_view import CompareSettings, ModelView, compare_figures, overlay_ranges
+from analysis.view_figures import heads_grid, token_matrix, token_ticks
+
+
+def _view(refined: bool, seed: int, layers: int = 2, heads: int = 2, grid=(3, 3)) -> ModelView:
+    rng = np.random.default_rng(seed)
+    tokens = 1 + grid[0] * grid[1]
+    soft = rng.random((layers, heads, tokens, tokens)).astype(np.float32)
+    soft /= soft.sum(-1, keepdims=True)
+    eff = soft + (rng.standard_normal(soft.shape).astype(np.float32) if refined else 0)
+    return ModelView(probs=np.array([0.7, 0.2, 0.1]), softmax=soft, effective=eff,
+                     has_softmax=np.ones(layers, bool), refined=np.full(layers, refined), num_prefix_tokens=1,
+                     grid=grid, patch_size=(4, 4), picture=np.zeros((12, 12, 3), np.uint8),
+                     input_tensor=np.zeros((1, 12, 12), np.float32))
+
+
+def _axes_anchor_their_own_x(fig, panels: int) -> None:
+    for index in range(panels):
+        suffix = "" if index == 0 else str(index + 1)
+        assert fig.layout[f"yaxis{suffix}"].scaleanchor == f"x{suffix}"  # square cells in every panel
+
+
+def test_softmax_vs_effective_panels_are_square_and_each_has_its_own_scale() -> None:
+    soft = np.full((3, 3), 0.1)
+    eff = np.linspace(-3, 5, 9).reshape(3, 3)
+    fig = heads_grid(np.stack([soft, eff, eff - soft]), ["softmax", "effective", "difference"], "t",
+                     diverging=[False, True, True], columns=3, shared_scale=False,
+                     colorbar_title=["softmax weight", "effective weight", "difference"])
+    _axes_anchor_their_own_x(fig, 3)
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis2", "coloraxis3"]
+    first, second = fig.layout.coloraxis, fig.layout.coloraxis2
+    assert first.cmax - first.cmin < 1e-6 + 1e-8 and first.colorscale[0][1] != second.colorscale[0][1]
+    assert (second.cmin, second.cmax) == (-5.0, 5.0)
+    assert first.colorbar.title.text == "softmax weight" and fig.layout.coloraxis3.colorbar.title.text == "difference"
+    # Each colour bar sits right of its own panel.
+    assert first.colorbar.x < second.colorbar.x < fig.layout.coloraxis3.colorbar.x
+
+
+def test_all_heads_grid_is_square_on_one_titled_scale() -> None:
+    fig = heads_grid(np.random.default_rng(0).random((6, 4, 4)), [f"head {h}" for h in range(6)], "t")
+    _axes_anchor_their_own_x(fig, 6)
+    assert {t.coloraxis for t in fig.data} == {"coloraxis"}
+    assert fig.layout.coloraxis.colorbar.title.text == "attention weight"
+
+
+def test_token_matrix_has_token_tick_labels() -> None:
+    labels = ["CLS"] + [f"patch ({r}, {c})" for r in range(4) for c in range(4)]
+    positions, texts = token_ticks(labels, 1, (4, 4))
+    assert positions == [0, 1, 5, 9, 13] and texts == ["CLS", "r0", "r1", "r2", "r3"]
+    fig = token_matrix(np.eye(17), labels, "t", num_prefix_tokens=1, grid=(4, 4))
+    assert list(fig.layout.xaxis.ticktext) == texts and list(fig.layout.yaxis.tickvals) == positions
+    assert fig.layout.xaxis.showticklabels is not False
+    # 37 x 37 patches (Refiner-ViT-L at 448 px): a readable number of ticks.
+    many = token_ticks(["CLS"] + ["p"] * 37 * 37, 1, (37, 37))[0]
+    assert len(many) <= 17
+
+
+def test_view_figures_name_the_map_kind_and_share_a_scale_on_request() -> None:
+    views = [_view(False, 0), _view(True, 1)]
+    settings = CompareSettings(layer_a=2, layer_b=2, head="mean", query_a=3, query_b=3, map_kind="effective")
+    figs = compare_figures(views, ["A-x", "B-y"], settings, [["0", "1", "2"]] * 2, truth=0)
+    assert "effective" in figs["difference-a-b"].layout.title.text
+    assert figs["difference-a-b"].data[1].colorbar.title.text == "A - B (effective)"
+    assert "softmax-vs-effective-b-layer2" in figs and "softmax-vs-effective-a-layer2" not in figs
+    own = [figs[f"overlay-{s}-layer2"].data[1] for s in "ab"]
+    assert (own[0].zmin, own[0].zmax) != (own[1].zmin, own[1].zmax)
+    shared = compare_figures(views, ["A-x", "B-y"], CompareSettings(**{**settings.to_dict(), "shared_scale": True}),
+                             [["0", "1", "2"]] * 2, parts=("overlay",))
+    first, second = (shared[f"overlay-{s}-layer2"].data[1] for s in "ab")
+    assert (first.zmin, first.zmax) == (second.zmin, second.zmax) and first.colorscale == second.colorscale
+    assert len(overlay_ranges([np.zeros((2, 2)), -np.ones((2, 2))], shared=True)) == 2
+
+
+def streamlit_placeholders(fig) -> list:
+    """Hex colours #000001..#000040 in a figure: Streamlit's chart element replaces them in the browser."""
+    import re
+
+    return re.findall(r"#0000(?:0[1-9]|[1-3][0-9]|40)\b", fig.to_json(), flags=re.IGNORECASE)
+
+
+def test_no_view_figure_has_a_colour_streamlit_rewrites() -> None:
+    views = [_view(False, 0), _view(True, 1)]
+    settings = CompareSettings(layer_a=1, layer_b=1, map_kind="softmax")
+    figs = compare_figures(views, ["a", "b"], settings, [["0", "1", "2"]] * 2)
+    assert figs and all(not streamlit_placeholders(f) for f in figs.values())
+    black = figs["overlay-a-layer1"].data[1].colorscale[0][1]
+    assert black == "rgb(0,0,4)"  # Inferno's black, written so that it survives
