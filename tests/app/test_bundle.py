@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.compare_view import ModelView
 from analysis.export import read_manifest
 from app.bundle import ViewContents, build_bundle, bundle_labels, maps_arrays
 from app.images import upload_item
@@ -98,8 +99,13 @@ def test_maps_arrays_keys_are_per_model() -> None:
         input_tensor = np.zeros((1, 4, 4), np.float32)
         picture = np.zeros((4, 4, 3), np.uint8)
         num_prefix_tokens, grid, patch_size = 1, (1, 1), (4, 4)
+        class_token_index = None  # a register-only model
     arrays = maps_arrays(["A-x", "B-x"], [View(), View()])
     assert list(arrays["A-x/geometry"]) == [1, 1, 1, 4, 4, 4, 4] and "B-x/effective" in arrays
+    assert list(arrays["A-x/class_token_index"]) == [-1]
+    assert ModelView.from_arrays(arrays, "A-x").class_token_index is None  # the bundle keeps "no CLS"
+    del arrays["B-x/class_token_index"]
+    assert ModelView.from_arrays(arrays, "B-x").class_token_index == 0  # bundles written before it had CLS at 0
 
 
 def _png() -> bytes:
@@ -125,7 +131,7 @@ def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: P
     views = [run_model(m, item.image) for m in models]
     settings = CompareSettings(layer_a=3, layer_b=3, head="1", query_a=20, query_b=20, map_kind="softmax",
                                opacity=0.4, shared_scale=True)
-    labels, names = bundle_labels(models), [m.class_names for m in models]
+    labels, names = bundle_labels(models), [m.info.class_names for m in models]
     contents = ViewContents(figures=compare_figures(views, labels, settings, names, item.box, item.label),
                             tables=compare_tables(views, labels, settings, names),
                             settings={"page": "compare", **settings.to_dict()})
