@@ -11,7 +11,7 @@ Measured, each several times, and reported as medians:
   ``warm_sidebar_s``: the same navigation until the sidebar's widgets are there (the script has run), so the
   rest of ``first_page_warm_s`` is the browser drawing the charts.
 - ``layer_redraw_s``: a layer change on the sidebar slider (keyboard) until EVERY chart on the page is redrawn
-  (`SETTLED`: the script run is over, no element is stale, and the browser has painted); ``layer_first_s``:
+  (`tests.e2e.browser_app.SETTLED`: the script run is over, no element is stale, and the browser has painted); ``layer_first_s``:
   until the first change is visible (both overlays show the new layer).
 - ``query_redraw_s``: a click on a patch until every chart is redrawn (as above); ``query_first_s``: until the
   query caption names the new patch.
@@ -44,7 +44,7 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.browser_app import CHROMIUM, CHROMIUM_ARGS, running_app  # noqa: E402
+from tests.e2e.browser_app import CHROMIUM, CHROMIUM_ARGS, running_app, settle  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 GOALS = {"first_page_s": 2.0, "layer_redraw_s": 0.3, "query_redraw_s": 0.3}
@@ -55,24 +55,6 @@ TITLES = """() => Array.from(document.querySelectorAll('[data-testid=stPlotlyCha
   .slice(0, 2)"""
 # True once both overlay charts are drawn with their titles.
 DRAWN = f"() => ({TITLES})().length === 2"
-# True once the page has settled: Streamlit's script run is over (stApp's data-test-script-state), no element
-# is stale (Streamlit marks every element of the previous run stale until this run re-sends or drops it), and
-# every plotly chart has a drawn plot. Polled on animation frames, so the paint of the last chart is in.
-SETTLED = """() => {
-  const app = document.querySelector('[data-testid=stApp]');
-  if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
-  if (document.querySelector('[data-stale=true]')) return false;
-  const charts = Array.from(document.querySelectorAll('[data-testid=stPlotlyChart]'));
-  return charts.length > 0 && charts.every(c => c.querySelector('.js-plotly-plot .main-svg'));
-}"""
-
-
-def settle(page: Any) -> None:
-    """Wait until every chart on the page is redrawn (`SETTLED`), then one more frame for the paint."""
-    page.wait_for_function(SETTLED, timeout=120_000, polling="raf")
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-
-
 def median(values: List[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -12,12 +12,29 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Any, Iterator, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# True once the page has settled: Streamlit's script run is over (stApp's data-test-script-state), no element
+# is stale (Streamlit marks every element of the previous run stale until this run re-sends or drops it), and
+# every plotly chart has a drawn plot. Polled on animation frames, so the paint of the last chart is in.
+SETTLED = """() => {
+  const app = document.querySelector('[data-testid=stApp]');
+  if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
+  if (document.querySelector('[data-stale=true]')) return false;
+  const charts = Array.from(document.querySelectorAll('[data-testid=stPlotlyChart]'));
+  return charts.length > 0 && charts.every(c => c.querySelector('.js-plotly-plot .main-svg'));
+}"""
+
+
+def settle(page: Any) -> None:
+    """Wait until every chart on the page is redrawn (`SETTLED`), then one more frame for the paint."""
+    page.wait_for_function(SETTLED, timeout=120_000, polling="raf")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .browser_app import CHROMIUM, CHROMIUM_ARGS, running_app
+from .browser_app import CHROMIUM, CHROMIUM_ARGS, running_app, settle
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (scripts/test.sh "
@@ -32,8 +32,10 @@ def url_params(page) -> dict:
 
 
 def wait_for_charts(page, count: int = 2) -> None:
+    """Wait for ``count`` charts, then until the run is over and every chart is redrawn (a fixed pause let a
+    loaded machine click a chart of the previous run that was being replaced)."""
     page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {count}", timeout=90_000)
-    page.wait_for_timeout(500)
+    settle(page)
 
 
 def test_app_in_a_real_browser(tmp_path: Path) -> None:
@@ -72,7 +74,9 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         # Click a patch on the left overlay: the query token in the URL changes away from CLS.
         before = url_params(page).get("q")
         # The plot area (plotly's drag layer) of the left overlay, not the whole chart with title and colour bar.
-        box = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first.bounding_box()
+        drag = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first
+        drag.wait_for(state="visible", timeout=60_000)
+        box = drag.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
         page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
         page.wait_for_function(f"new URLSearchParams(location.search).get('q') !== '{before}'", timeout=60_000)
