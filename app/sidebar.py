@@ -18,6 +18,7 @@ from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from . import cached
 from .images import ImageItem, canvas_key, describe_key, sample_keys, test_canvas_count, upload_key
+from .model_info import enlarged_notes
 from .selection import (COMPARE_TABS, DEFAULT_OPACITY, MAP_KINDS, ROLLOUT_FUSIONS, Selection, head_value, parse_choice,
                         parse_flag, parse_head, parse_int, parse_opacity, parse_tab, url_changes)
 from .sources import DEFAULT_PAIR, missing_default_message, shipped_sources
@@ -137,11 +138,6 @@ def _uploads() -> Dict[str, Tuple[str, bytes]]:
     return dict(st.session_state.get(UPLOADS) or {})
 
 
-def _describe_image(key: str) -> str:
-    """Picker label of an image key, uploads by their file name (reads this session's uploads)."""
-    return describe_key(key, {k: name for k, (name, _) in _uploads().items()})
-
-
 def render_sidebar() -> Context:
     """Draw the shared selection widgets and return the page context."""
     params = st.query_params.to_dict()
@@ -190,7 +186,10 @@ def render_sidebar() -> Context:
             errors.append(f"There is no image {st.session_state['img']!r} (test canvases are digit:0 to "
                           f"digit:{test_canvas_count(canvas) - 1}); showing a sample meanwhile.")
         st.session_state["img"] = image_options[0]
-    sidebar.selectbox("Image", image_options, key="img", format_func=_describe_image,
+    # Upload names bound now, not read from the session when the label is drawn (AppTest formats labels
+    # outside the session, where this session's uploads are not visible).
+    names = {k: name for k, (name, _) in uploads.items()}
+    sidebar.selectbox("Image", image_options, key="img", format_func=lambda k: describe_key(k, names),
                       help="Test canvases of the models' dataset (type a number to find one), sample photos, and "
                            "this session's uploads.")
     img = st.session_state["img"]
@@ -198,6 +197,8 @@ def render_sidebar() -> Context:
     item = cached.get_upload(item_upload) if item_upload is not None else cached.get_sample(img, canvas)
     if item.notes:
         sidebar.caption("Upload: " + "; ".join(item.notes))
+    for note in enlarged_notes(models, item.image):  # tiny images are enlarged, never refused (one rule)
+        sidebar.warning(note)
 
     layer, head, query = 1, "mean", 0
     if models[0] is not None and models[1] is not None:

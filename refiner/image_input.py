@@ -196,3 +196,29 @@ def check_min_size(image: Image.Image, min_side: int) -> None:
     if min_side > 1 and min(image.size) < min_side:
         raise ImageInputError(f"the image is {image.size[0]}x{image.size[1]} pixels, smaller than one "
                               f"{min_side}x{min_side} patch of the model; use a larger image")
+
+
+def small_image_note(image_size: Tuple[int, int], patch_size: Tuple[int, int],
+                     input_size: Tuple[int, int]) -> Optional[str]:
+    """What to tell the user about an image smaller than one patch of a model, or None for any other image.
+
+    The one rule for tiny images (issue 11): they are accepted, because the model's own transform
+    (`refiner.ModelInfo.transform`) resizes every image to its input size anyway, and this note says that a
+    picture smaller than one patch was enlarged, so every patch holds less than one of its pixels. The app shows
+    it beside the image and on the Dataset page; nothing refuses the image or raises.
+
+    Args:
+        image_size: (width, height) of the picture in pixels (PIL's order).
+        patch_size: (ph, pw) effective patch stride of the model in input pixels.
+        input_size: (H, W) of the model input.
+
+    Returns:
+        A sentence for the page, or None when the image is at least one patch on both sides.
+    """
+    width, height = (int(v) for v in image_size)
+    ph, pw = (int(v) for v in patch_size)
+    if width >= pw and height >= ph:
+        return None
+    return (f"the image is {width} x {height} px, smaller than one {ph} x {pw} patch: the model sees it enlarged "
+            f"to {int(input_size[0])} x {int(input_size[1])} px (shown as the model saw it), so each patch holds "
+            "less than one of its pixels and the attention says little about the picture")

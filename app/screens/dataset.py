@@ -25,6 +25,7 @@ from ..exports import figure_exports, table_exports
 from ..images import canvas_key, sample_item, upload_item
 from ..maps import run_model
 from ..metric_views import curve_keys, head_mean
+from ..model_info import enlarged_notes
 from ..sidebar import Context
 
 BOOTSTRAP = 1000      # bootstrap resamples for the intervals
@@ -45,7 +46,8 @@ def _summaries(metrics: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 @st.cache_data(max_entries=4096, show_spinner=False)
 def _image_summaries(sources: Tuple[str, str], image_key: str, upload: Optional[bytes], settings: MetricSettings,
                      canvas: str) -> Tuple[Optional[Tuple[PerLayer, PerLayer]], str]:
-    """Per-layer summaries of both models on one image, or None and the reason it was skipped.
+    """Per-layer summaries of both models on one image and its note (an image smaller than one patch is
+    enlarged, `app.model_info.enlarged_notes`; "" for none), or None and the reason it was skipped.
 
     Cached and drawing nothing: a cached function must not touch page elements (Streamlit replays a cached
     function's elements, and an element of a block made outside it fails the replay; that was the
@@ -56,8 +58,8 @@ def _image_summaries(sources: Tuple[str, str], image_key: str, upload: Optional[
     except ImageInputError as error:
         return None, str(error)
     summaries = []
-    for source in sources:
-        model = cached.get_model(source)
+    models = [cached.get_model(source) for source in sources]
+    for model in models:
         try:
             view = run_model(model, item.image)
         except ImageInputError as error:
@@ -66,27 +68,32 @@ def _image_summaries(sources: Tuple[str, str], image_key: str, upload: Optional[
                                       view.patch_size, settings, item.box,
                                       class_token_index=view.class_token_index)
         summaries.append(_summaries(metrics))
-    return (summaries[0], summaries[1]), ""
+    notes = enlarged_notes(models, item.image)
+    return (summaries[0], summaries[1]), (f"{image_key}: {' '.join(notes)}" if notes else "")
 
 
 def _run(sources: Tuple[str, str], image_keys: Tuple[str, ...], uploads: Tuple[bytes, ...],
          settings: MetricSettings, canvas: str, progress: Callable[[float, str], None]
-         ) -> Tuple[List[PerLayer], List[str]]:
-    """Per-layer summaries of both models over the images (stacked per metric: (images, L)), and the skipped
-    images' messages. ``progress(share, text)`` is called after each image."""
+         ) -> Tuple[List[PerLayer], List[str], List[str]]:
+    """Per-layer summaries of both models over the images (stacked per metric: (images, L)), the skipped
+    images' messages and the notes of the images analysed. ``progress(share, text)`` is called after each
+    image."""
     jobs = [(key, None) for key in image_keys] + [(f"upload {i + 1}", data) for i, data in enumerate(uploads)]
     collected: List[Dict[str, List[np.ndarray]]] = [{}, {}]
     skipped: List[str] = []
+    notes: List[str] = []
     for index, (key, data) in enumerate(jobs):
-        pair, reason = _image_summaries(sources, key, data, settings, canvas)
+        pair, message = _image_summaries(sources, key, data, settings, canvas)
         if pair is None:
-            skipped.append(reason)
+            skipped.append(message)
         else:
+            if message:
+                notes.append(message)
             for slot, summaries in enumerate(pair):
                 for metric, value in summaries.items():
                     collected[slot].setdefault(metric, []).append(value)
         progress((index + 1) / len(jobs), f"{index + 1}/{len(jobs)} images")
-    return [{k: np.stack(v) for k, v in c.items()} for c in collected], skipped
+    return [{k: np.stack(v) for k, v in c.items()} for c in collected], skipped, notes
 
 
 def _image_set(canvas: str) -> Tuple[Tuple[str, ...], Tuple[bytes, ...]]:
@@ -118,11 +125,13 @@ def render(ctx: Context) -> None:
     st.session_state["ds-done"] = True
     bar = st.progress(0.0, text="Running both models...")
     sources = (ctx.models[0].source, ctx.models[1].source)
-    results, skipped = _run(sources, keys, uploads, settings, canvas,
+    results, skipped, notes = _run(sources, keys, uploads, settings, canvas,
                             progress=lambda share, text: bar.progress(share, text=text))
     bar.empty()
     for message in skipped:
         st.warning(f"Skipped: {message}")
+    for message in notes:
+        st.info(f"Enlarged: {message}")
     if not results[0]:
         st.error("No image could be analysed.")
         return

@@ -327,3 +327,38 @@ def test_uploads_keep_their_names_and_can_be_switched(app_env: Path) -> None:
     no_exceptions(at)
     assert _params(at)["img"] == upload_key(first)
     assert describe_key(upload_key(first), {upload_key(first): "cat.png"}) == "Upload: cat.png"
+
+
+def test_an_image_smaller_than_a_patch_is_enlarged_with_a_note(app_env: Path) -> None:
+    """Issue 11 bug 2: a 1 x 1 px upload was a traceback on Compare and lost the previous image. It is shown
+    enlarged, as the model sees it, with one note (`refiner.image_input.small_image_note`), on every page."""
+    from app.sidebar import UPLOADS
+
+    previous, tiny = _png_bytes((60, 50), (10, 20, 30)), _png_bytes((1, 1), (250, 250, 250))
+    at = start()
+    at.session_state[UPLOADS] = {upload_key(previous): ("cat.png", previous), upload_key(tiny): ("dot.png", tiny)}
+    at.run()
+    at.sidebar.selectbox(key="img").select_index(0).run()  # the newest upload: the 1 x 1 dot
+    no_exceptions(at)
+    assert _params(at)["img"] == upload_key(tiny)
+    notes = [w.value for w in at.sidebar.warning]
+    assert any(n.startswith("A and B: The image is 1 x 1 px, smaller than one 6 x 6 patch") and "48 x 48" in n
+               for n in notes), notes
+    assert len(at.get("plotly_chart")) >= 4  # both overlays and both top-5 charts are drawn
+    assert "Upload: cat.png" in at.sidebar.selectbox(key="img").options  # the previous image is still there
+    at.switch_page("entries/analysis.py").run()
+    no_exceptions(at)
+    assert any("smaller than one 6 x 6 patch" in w.value for w in at.sidebar.warning)
+    # A normal image has no such note.
+    assert not any("smaller than one" in w.value for w in start({"img": "digit:2"}).sidebar.warning)
+
+
+def test_dataset_run_enlarges_tiny_uploads_with_a_note(app_env: Path) -> None:
+    from app.screens import dataset
+    from analysis.attention_metrics import MetricSettings
+
+    tiny, normal = _png_bytes((2, 3), (0, 0, 0)), _png_bytes((48, 48), (90, 90, 90))
+    results, skipped, notes = dataset._run(("vanilla", "refined"), (), (tiny, normal), MetricSettings(),
+                                           canvas_key(None), progress=lambda share, text: None)
+    assert skipped == [] and next(iter(results[0].values())).shape[0] == 2  # both analysed
+    assert len(notes) == 1 and notes[0].startswith("upload 1: A and B: The image is 2 x 3 px")

@@ -288,3 +288,14 @@ def test_model_info_reads_the_trainers_flat_extra_layout(grey_model: torch.nn.Mo
     assert info.class_names[:2] == ("zero", "one") and info.dataset == "cluttered-mnist"
     assert dict(info.dataset_options) == {"canvas_size": 48, "max_shift": 4}  # so samples match its canvases
     assert "range" not in info.data
+
+
+def test_small_image_note_only_for_images_smaller_than_one_patch() -> None:
+    from refiner.image_input import small_image_note
+
+    note = small_image_note((1, 1), (6, 6), (48, 48))
+    assert note is not None and "1 x 1 px, smaller than one 6 x 6 patch" in note and "48 x 48" in note
+    assert small_image_note((6, 6), (6, 6), (48, 48)) is None  # exactly one patch is enough
+    assert small_image_note((100, 5), (6, 6), (48, 48)) is not None  # one side is enough to be too small
+    assert small_image_note((5, 100), (16, 8), (224, 224)) is not None  # width against pw, height against ph
+    assert small_image_note((8, 16), (16, 8), (224, 224)) is None
