@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from refiner import LoadedModel
-from refiner.checkpoint import sha256_of_file
+from refiner.hashing import sha256_of_file
 
 from .attention_metrics import MetricSettings
 from .dataset import DEFAULT_MAP_BUDGET_BYTES

@@ -26,7 +26,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from refiner.weights_hash import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
+from refiner.hashing import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
 
 from .attention_metrics import METRICS, rollout_map
 from .dataset import DatasetAnalysis

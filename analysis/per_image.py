@@ -10,7 +10,6 @@ Models are used as given (they should be in eval mode; nothing about them is cha
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 import refiner
+from refiner.hashing import sha256_hex
 
 from .attention_metrics import MetricSettings, compute_map_metrics
 from .cka import cka_matrix
@@ -138,7 +138,7 @@ def top_k(logits: np.ndarray, k: int = 5, class_names: Optional[Sequence[str]] =
 
 def image_sha256(image: torch.Tensor) -> str:
     """SHA-256 of a preprocessed image tensor's float32 bytes (identifies the exact model input)."""
-    return hashlib.sha256(image.detach().float().contiguous().numpy().tobytes()).hexdigest()
+    return sha256_hex(image.detach().float())
 
 
 @dataclass

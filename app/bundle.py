@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 from analysis import export
 from analysis.compare_view import ModelView
 from refiner import LoadedModel
+from refiner.hashing import sha256_hex
 
 from .images import ImageItem
 from .sources import source_path
@@ -90,9 +91,7 @@ def image_record(item: ImageItem, views: Sequence[ModelView], labels: Sequence[s
 
 
 def _array_sha256(array: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+    return sha256_hex(np.asarray(array, dtype=np.float32))
 
 
 def maps_arrays(labels: Sequence[str], views: Sequence[ModelView]) -> Dict[str, np.ndarray]:

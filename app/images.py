@@ -8,7 +8,6 @@ An image is named by a short *key*, small enough for the URL:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Tuple
@@ -16,6 +15,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from refiner.hashing import sha256_hex
 from refiner.image_input import load_image
 
 PHOTOS: Tuple[str, ...] = ("astronaut", "chelsea", "coffee", "rocket", "camera")
@@ -57,11 +57,11 @@ def sample_keys(canvas: Optional[str] = None) -> List[str]:
 
 def upload_key(data: bytes) -> str:
     """The key of an upload: a prefix of its SHA-256 (content-addressed, so equal files share caches)."""
-    return "upload:" + hashlib.sha256(data).hexdigest()[:20]
+    return "upload:" + sha256_hex(data)[:20]
 
 
 def _pixels_sha(image: Image.Image) -> str:
-    return hashlib.sha256(np.asarray(image).tobytes() + repr(image.size).encode()).hexdigest()
+    return sha256_hex(np.asarray(image), repr(image.size))
 
 
 def canvas_key(model_data: Optional[Mapping[str, Any]]) -> str:
@@ -114,7 +114,7 @@ def upload_item(data: bytes) -> ImageItem:
     """
     image = load_image(data)
     return ImageItem(key=upload_key(data), image=image, notes=tuple(image.info.get("input_notes", ())),
-                     sha256=hashlib.sha256(data).hexdigest())
+                     sha256=sha256_hex(data))
 
 
 def describe_key(key: str, upload_names: Optional[Mapping[str, str]] = None) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .bounded_repr import bounded_repr
+from .hashing import sha256_of_file
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -84,15 +84,6 @@ class Checkpoint:
     config: Dict[str, Any]
     metrics: Dict[str, Any]
     path: Path
-
-
-def sha256_of_file(path: PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -308,7 +308,7 @@ def _extra(model: OfficialRefinerViT, source: Path) -> Dict[str, Any]:
     """config.json ``extra``: where the weights came from and the preprocessing they expect."""
     from timm.data import ImageNetInfo
 
-    from .checkpoint import sha256_of_file
+    from .hashing import sha256_of_file
 
     cfg = model.pretrained_cfg
     config = model.config

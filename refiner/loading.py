@@ -39,7 +39,7 @@ from torch import nn
 from .model_info import LoadedModel, ModelInfo, frozen_mapping
 from .preprocessing import Preprocessing
 from .shipped import shipped_checkpoint
-from .weights_hash import state_dict_sha256
+from .hashing import sha256_of_file, state_dict_sha256
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".pth.tar", ".ckpt")
 HUB_HOST = "huggingface.co"
@@ -429,7 +429,6 @@ def _load_timm_hub_folder(path: Path, source: str) -> Tuple[nn.Module, ModelInfo
     except Exception as error:
         raise ModelSourceError(f"{path} could not be loaded as a timm hub folder: {type(error).__name__}: "
                                f"{error}") from None
-    from .checkpoint import sha256_of_file
 
     arch = str(config.get("architecture") or getattr(model, "pretrained_cfg", {}).get("architecture") or path.name)
     label_names = config.get("label_names") if isinstance(config, dict) else None
@@ -481,7 +480,6 @@ def _is_official_refiner(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def _load_state_dict_file(path: Path, arch: Optional[str], source: str) -> Tuple[nn.Module, ModelInfo]:
-    from .checkpoint import sha256_of_file
 
     state, recorded_arch = read_state_dict(path)
     digest = sha256_of_file(path)
@@ -594,7 +592,6 @@ def _load_transformers_folder(path: Path, source: str, config: Mapping[str, Any]
     processor = _read_json(processor_path) if processor_path.is_file() else None
     model = wrap_hf_model(hf_model.eval(), processor)
     weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
-    from .checkpoint import sha256_of_file
 
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     return model, describe(model, name=f"transformers:{class_name}", source=source, kind="transformers",
