@@ -95,14 +95,17 @@ def ours_to_official(key: str) -> str:
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The flat state dict inside a checkpoint, without wrappers or DDP ``module.`` prefixes.
+    """The flat state dict inside a checkpoint, without wrappers or DDP / torch.compile prefixes.
+
+    The prefixes go through timm's ``clean_state_dict``; what this adds is the wrapper keys and a refusal of
+    entries that are not tensors (timm passes them through), so a wrong file fails here with their names.
 
     Args:
         checkpoint: a state dict, or a dict holding one under "model", "state_dict", "model_ema" or
             "state_dict_ema" (with other entries such as "epoch" or "optimizer" ignored).
 
     Returns:
-        {key: tensor} with every leading ``module.`` removed.
+        {key: tensor} with leading ``module.`` / ``_orig_mod.`` removed.
 
     Raises:
         ValueError: the object is not a dict of tensors.
@@ -118,13 +121,9 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise ValueError(f"not a state dict: entries that are not tensors: {', '.join(not_tensors)}")
-    flat: Dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        name = str(key)
-        while name.startswith("module."):  # DistributedDataParallel (possibly nested) wrappers
-            name = name[len("module."):]
-        flat[name] = tensor
-    return flat
+    from timm.models import clean_state_dict
+
+    return clean_state_dict({str(key): tensor for key, tensor in state.items()})
 
 
 def expected_keys(depth: int, num_classes: int = 1000, aux_head: bool = False) -> List[str]:

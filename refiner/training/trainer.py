@@ -55,7 +55,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import DistContext, all_reduce_sum, barrier, init_distributed
 from .evaluation import evaluate, normalize_batch
 from .metrics_log import CURVE_FILE, METRICS_FILE, MetricsLog
-from .schedule import warmup_cosine_lr
+from .schedule import warmup_cosine_scheduler
 
 EXIT_OK = 0
 EXIT_NON_FINITE = 3
@@ -277,6 +277,11 @@ class Trainer:
         # timm exempts biases, norms, position embeddings and tokens from weight decay.
         self.optimizer = create_optimizer_v2(self.model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                                              betas=tuple(cfg.betas))
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, self.total_steps, self.warmup_steps, cfg.min_lr,
+                                                 cfg.warmup_lr)
+        from timm.loss import SoftTargetCrossEntropy
+
+        self.soft_target_loss = SoftTargetCrossEntropy()  # mixup/cutmix targets are class distributions
         self.ema = None
         if cfg.ema_decay is not None:
             from timm.utils import ModelEmaV3
@@ -408,9 +413,7 @@ class Trainer:
         """One optimizer step. Returns (loss, number correct, finite) with loss/correct as 0-d tensors."""
         cfg = self.config
         _seed_everything(_derived_seed(cfg.seed, self.context.rank, self.step, 0))
-        lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr, cfg.warmup_lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.scheduler.step_update(self.step)  # stateless in the step, so a resumed run gets the same rates
         inputs = normalize_batch(images, self.info.mean, self.info.std)
         targets: torch.Tensor = labels
         if self.mixup is not None:
@@ -420,7 +423,7 @@ class Trainer:
             logits = self.ddp_model(inputs)
         logits = logits.float()
         if self.mixup is not None:
-            loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            loss = self.soft_target_loss(logits, targets)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
         # Every process must agree to stop, or DDP would hang in the next all-reduce.
