@@ -22,11 +22,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
@@ -35,23 +34,10 @@ sys.path.insert(0, str(REPO))
 
 import refiner  # noqa: E402
 from refiner.attention_refinement import AttentionRefinement  # noqa: E402
+from timing import interleaved_medians  # noqa: E402  (benchmarks/timing.py: torch.utils.benchmark.Timer)
 
 RESULTS = REPO / "benchmarks" / "results"
 GOALS = {"capture": 1.05, "pair_vit_mini_patch6_48": 1.5, "pair_vit_small_patch16_224": 1.25}
-
-
-def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per call of each function, timed in alternation."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def capture_overhead(repeats: int, batch: int) -> Dict[str, float]:

@@ -21,11 +21,9 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 
@@ -34,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import refiner  # noqa: E402
+import timing  # noqa: E402  (benchmarks/timing.py)
 from core_overhead import body_step_bytes  # noqa: E402
 from refiner import refinement_fused  # noqa: E402
 from refiner.attention_refinement import AttentionRefinement  # noqa: E402
@@ -48,19 +47,9 @@ def sync(device: torch.device) -> None:
 
 def interleaved_medians(fns: Dict[str, Callable[[], None]], repeats: int, device: torch.device,
                         warmup: int = 2) -> Dict[str, float]:
-    """Median seconds per call of each function, timed in alternation, synchronising the device."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call of each function, timed in alternation (benchmarks/timing.py: Timer
+    synchronises the accelerator around each call; ``device`` is kept for the callers)."""
+    return timing.interleaved_medians(fns, repeats, warmup)
 
 
 def body_step(body: AttentionRefinement, attn: torch.Tensor, grad: torch.Tensor, fused: bool,

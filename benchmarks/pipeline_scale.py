@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +35,9 @@ from typing import Any, Callable, Dict
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
+
+from timing import interleaved_medians  # noqa: E402  (torch.utils.benchmark.Timer)
 
 RESEARCH_MODELS = ["random:vit_base_patch16_224", "random:refiner_vit_l?img_size=448",
                    "random:vit_large_patch14_dinov2"]
@@ -43,13 +45,8 @@ QUICK_MODELS = ["random:vit_small_patch16_224?img_size=96"]
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up (allocator, kernels, lazy imports)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds per call after one warm-up call (benchmarks/timing.py: torch.utils.benchmark.Timer)."""
+    return interleaved_medians({"fn": fn}, repeats, warmup=1)["fn"]
 
 
 def measure_one(source: str, device_text: str, repeats: int, threads: int) -> Dict[str, Any]:

@@ -11,8 +11,8 @@ Times, side by side in one run, for per-image curves of n images x c metric colu
 The plain scipy calls run in batches of about 32 MB (unbatched, they copy the data once per resample: 10 GB
 at 50,000 images).
 
-Each round times every variant once with `torch.utils.benchmark.Timer` (rotated order, so background load
-hits all alike); medians over rounds are reported with ratios to the former code (< 1 = faster). BLAS runs
+Each round times every variant once with `torch.utils.benchmark.Timer` (benchmarks/timing.py: rotated
+order, so background load hits all alike); medians over rounds are reported with ratios to the former code (< 1 = faster). BLAS runs
 on one thread, as in the app. Writes benchmarks/results/statistics_scipy.json.
 
     .venv/bin/python benchmarks/statistics_scipy.py [--rounds 5] [--sizes 1000x8,5000x12,50000x12]
@@ -24,17 +24,20 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Tuple
 
 import numpy as np
 import scipy
 from scipy import stats
-from torch.utils.benchmark import Timer
 
-from analysis.blas_threads import single_blas_thread
-from analysis.dataset import bootstrap_interval, sign_flip_p_value
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from analysis.blas_threads import single_blas_thread  # noqa: E402
+from analysis.dataset import bootstrap_interval, sign_flip_p_value  # noqa: E402
+from timing import interleaved_medians  # noqa: E402  (torch.utils.benchmark.Timer, rotated order)
 
 RESULTS = Path(__file__).parent / "results"
 N_BOOT = 2000          # analysis.dataset defaults
@@ -85,19 +88,6 @@ def plain_scipy_permutation_test(values: np.ndarray) -> object:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def rotated_medians(fns: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
-    """Median seconds per call of each function; each round runs every function once, the order rotating."""
-    timers = {k: Timer(stmt="fn()", globals={"fn": fn}, num_threads=1) for k, fn in fns.items()}
-    keys = list(fns)
-    for key in keys:  # warm-up: imports, allocator, BLAS pool
-        fns[key]()
-    times: Dict[str, List[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            times[key].append(timers[key].timeit(1).mean)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -117,7 +107,7 @@ def main() -> int:
                    "test_former": lambda: former_sign_flip_p_value(values)}
             if n <= PLAIN_PERMUTATION_MAX_IMAGES:
                 fns["test_plain_scipy_permutation_test"] = lambda: plain_scipy_permutation_test(values)
-            medians = rotated_medians(fns, args.rounds)
+            medians = interleaved_medians(fns, args.rounds, warmup=1)
             interval = bootstrap_interval(values, n_boot=N_BOOT)
             former_low, former_high = former_bootstrap_interval(values)
             row = {"n_images": n, "columns": c, "median_ms": {k: 1000 * v for k, v in medians.items()},
