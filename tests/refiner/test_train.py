@@ -268,3 +268,240 @@ def test_eval_of_a_checkpoint_trained_elsewhere_uses_canvases_of_its_input_size(
     assert eval_command.run(args) == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["count"] == 20 and report["dataset_options"]["canvas_size"] == 48
+
+
+# ------------------------------------------------------------------------------ kills at every epoch-end write
+class Killed(BaseException):
+    """What a SIGKILL does to the code after it: nothing runs (BaseException: no `except Exception` sees it)."""
+
+
+# Epoch 2 improves on epoch 1, so its end writes a log line, `best` (two renames) and `last` (two renames).
+ACCURACY = {1: 0.25, 2: 0.5}
+KILL_POINTS = ["log line", "best aside", "best into place", "last aside", "last into place", "curve"]
+
+
+def _fake_evaluate(holder: list):
+    from refiner.training.evaluation import EvalResult
+
+    def evaluate(*_args: Any, **_kwargs: Any) -> EvalResult:  # known accuracies: epoch 2 is the new best
+        return EvalResult(accuracy=ACCURACY[holder[0].epoch + 1], loss=1.0,
+                          confusion=torch.zeros(10, 10, dtype=torch.int64), count=40)
+    return evaluate
+
+
+def _assert_consistent(out: Path) -> None:
+    """What any kill must leave: `best` holds at least the accuracy `last` records as best, and the log has a
+    line for every epoch `last` has done and for the epoch `best` is from."""
+    from refiner.training.metrics_log import MetricsLog
+
+    last = refiner.load_checkpoint(out / "last").metrics
+    best = refiner.load_checkpoint(out / "best").metrics
+    logged = {r["epoch"]: r for r in MetricsLog(out).read()}
+    assert best["test_accuracy"] >= last["best_accuracy"], (best, last)
+    assert set(range(1, last["epoch"] + 1)) <= set(logged), (sorted(logged), last["epoch"])
+    assert logged[best["epoch"]]["test_accuracy"] == best["test_accuracy"]
+
+
+def _assert_resumes_to_the_full_run(out: Path, config, monkeypatch: pytest.MonkeyPatch) -> None:
+    import refiner.training.trainer as trainer_module
+
+    holder: list = []
+    monkeypatch.setattr(trainer_module, "evaluate", _fake_evaluate(holder))
+    holder.append(Trainer(config, resume=True))
+    assert holder[0].fit() == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["test_accuracy"]) for r in lines] == [(1, 0.25), (2, 0.5)]
+    assert refiner.load_checkpoint(out / "best").metrics["epoch"] == 2
+    assert refiner.load_checkpoint(out / "last").metrics["best_accuracy"] == 0.5
+    # What the killed save left behind (staging folders, backups) is gone once the resumed run saved.
+    assert sorted(p.name for p in out.iterdir() if "tmp" in p.name or ".old-" in p.name) == []
+
+
+@pytest.mark.parametrize("point", range(len(KILL_POINTS)), ids=KILL_POINTS)
+def test_a_kill_inside_any_epoch_end_write_leaves_last_best_and_log_consistent(tmp_path: Path, point: int,
+                                                                               monkeypatch: pytest.MonkeyPatch
+                                                                               ) -> None:
+    import refiner.training.trainer as trainer_module
+    from refiner.training.metrics_log import MetricsLog
+
+    config = tiny_config(tmp_path)
+    holder: list = []
+    monkeypatch.setattr(trainer_module, "evaluate", _fake_evaluate(holder))
+    holder.append(Trainer(config))
+    renames: list = []
+    real_rename, real_replace, real_append = os.rename, os.replace, MetricsLog.append
+
+    def killing(real):
+        def call(src: Any, dst: Any) -> None:
+            if holder[0].epoch == 2:  # the end of epoch 2: count its renames, die before the chosen one
+                renames.append(Path(dst).name)
+                if len(renames) == point:
+                    raise Killed(f"killed before renaming {src} -> {dst}")
+            real(src, dst)
+        return call
+
+    def torn_append(log: MetricsLog, record: Dict[str, Any]) -> None:
+        if record["epoch"] == 2 and point == 0:
+            with open(log.path, "a", encoding="utf-8") as handle:  # half a line reaches the disk
+                handle.write(json.dumps(record)[:40])
+            raise Killed("killed while appending the log line")
+        real_append(log, record)
+
+    monkeypatch.setattr(os, "rename", killing(real_rename))
+    monkeypatch.setattr(os, "replace", killing(real_replace))
+    monkeypatch.setattr(MetricsLog, "append", torn_append)
+    with pytest.raises(Killed):
+        holder[0].fit()
+    monkeypatch.undo()
+    out = Path(config.output_dir)
+    _assert_consistent(out)
+    _assert_resumes_to_the_full_run(out, config, monkeypatch)
+
+
+SIGKILL_SCRIPT = textwrap.dedent("""
+    import os, sys, time, torch
+    sys.path.insert(0, {repo!r})
+    import refiner.training.trainer as trainer_module
+    from refiner.training import Trainer, build_config
+    from refiner.training.evaluation import EvalResult
+    accuracy = {accuracy!r}
+    holder = []
+    trainer_module.evaluate = lambda *a, **k: EvalResult(accuracy=accuracy[holder[0].epoch + 1], loss=1.0,
+                                                         confusion=torch.zeros(10, 10, dtype=torch.int64), count=40)
+    holder.append(Trainer(build_config({config!r})))
+    real_rename = os.rename
+    def hanging_rename(src, dst):                 # epoch 2's new `best` never reaches its place
+        if holder[0].epoch == 2 and os.path.basename(dst) == "best":
+            print("AT", dst, flush=True)
+            time.sleep(120)
+        real_rename(src, dst)
+    os.rename = hanging_rename
+    holder[0].fit()
+""")
+
+
+def test_a_real_sigkill_while_best_is_renamed_into_place_keeps_last_best_and_log_consistent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {**TINY, "output_dir": str(tmp_path / "run")}
+    script = tmp_path / "train_until_killed.py"
+    script.write_text(SIGKILL_SCRIPT.format(repo=str(REPO), config=config, accuracy=ACCURACY))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert process.stdout is not None and process.stdout.readline().startswith("AT ")
+    finally:
+        process.kill()  # SIGKILL: no handler, no cleanup
+        process.wait(timeout=30)
+    out = tmp_path / "run"
+    _assert_consistent(out)
+    _assert_resumes_to_the_full_run(out, build_config(config), monkeypatch)
+
+
+# ------------------------------------------------------------------------------ re-running into a finished run
+def _train_command(config_path: Path, *arguments: str) -> int:
+    from refiner.training import train_command
+
+    parser = __import__("argparse").ArgumentParser()
+    train_command.add_arguments(parser)
+    return train_command.run(parser.parse_args(["--config", str(config_path), *arguments]))
+
+
+def test_training_into_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump({**TINY, "epochs": 1, "output_dir": str(tmp_path / "run")}))
+    assert _train_command(config_path) == 0
+    out = tmp_path / "run"
+    before = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "best/model.safetensors")}
+    capsys.readouterr()
+    assert _train_command(config_path) == 2
+    message = capsys.readouterr().err
+    assert "already holds a training run" in message and "--resume" in message and "--overwrite" in message
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing of the run changed
+    # --overwrite starts over (one log line again, a new best), --resume of a finished run trains nothing more.
+    assert _train_command(config_path, "--overwrite", "seed=1") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert refiner.load_checkpoint(out / "best").config["extra"]["train_config"]["seed"] == 1
+    assert _train_command(config_path, "--resume", "seed=1") == 0
+
+
+# ----------------------------------------------------------------------------------------- config mistakes
+ALIAS_BOMB = "".join(f"  k{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9) if i else 'lol'}]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("change, override, expected", [
+    ({"dataset": "imagenet-zz"}, None, "unknown dataset 'imagenet-zz'"),
+    ({"dataset_options": {**TINY["dataset_options"], "fragmentz": 2}}, None, "'fragmentz'.*did you mean fragments"),
+    ({"model": "vit_nonexistent_patch4"}, None, "unknown model name 'vit_nonexistent_patch4'"),
+    ({"eval_split": "validation"}, None, "unknown split 'validation'"),
+    ({"betas": ["0.9", "0.99"]}, None, "betas must be two numbers"),
+    ({}, "lr=!!python/object/apply:os.system [ls]", "not a plain YAML value"),
+    ({}, "model_overrides.depth=[1, 2]", "rejects the overrides"),
+])
+def test_config_mistakes_are_one_line_messages_not_tracebacks(tmp_path: Path, capsys, change: Dict[str, Any],
+                                                               override: Any, expected: str) -> None:
+    import re
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump({**TINY, "epochs": 1, "output_dir": str(tmp_path / "run"), **change}))
+    assert _train_command(config_path, *([override] if override else [])) == 2
+    message = capsys.readouterr().err
+    assert re.search(expected, message) and "Traceback" not in message and len(message) < 1000, message
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path: Path, capsys) -> None:
+    config_path = tmp_path / "bomb.yaml"  # a few hundred bytes standing for 9**9 = 387 million strings
+    config_path.write_text(f"model: vit_micro_patch4_32\noutput_dir: {tmp_path / 'run'}\nmodel_overrides:\n"
+                           + ALIAS_BOMB)
+    assert config_path.stat().st_size < 1024
+    assert _train_command(config_path) == 2
+    message = capsys.readouterr().err
+    assert "model_overrides.k1" in message and "flat list" in message and len(message) < 1000
+
+
+def test_a_non_finite_loss_at_the_first_step_says_no_checkpoint_exists(tmp_path: Path, capsys) -> None:
+    trainer = Trainer(tiny_config(tmp_path))
+    trainer.model.head.register_forward_hook(lambda _m, _i, output: output * float("nan"))
+    assert trainer.fit() == EXIT_NON_FINITE
+    message = capsys.readouterr().err
+    assert "No checkpoint had been saved yet" in message and "last good checkpoint is kept" not in message
+    assert not (Path(trainer.config.output_dir) / "last").exists()
+
+
+# -------------------------------------------------------------------------------- unwritable output folders
+def test_output_dirs_that_cannot_be_written_are_named_before_training(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump({**TINY, "epochs": 1, "output_dir": str(tmp_path / "file" / "run")}))
+    assert _train_command(config_path) == 2
+    assert "cannot be written: a part of the path is a file, not a folder" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        config_path.write_text(yaml.safe_dump({**TINY, "epochs": 1, "output_dir": str(locked / "run")}))
+        assert _train_command(config_path) == 2
+        assert f"output_dir {locked / 'run'} cannot be written" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_training_says_so_and_that_last_is_intact(tmp_path: Path, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "run")}))
+    real_save = torch.save
+    saves: list = []
+
+    def full_after_epoch_1(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
+        saves.append(1)
+        if len(saves) > 1:  # epoch 2's training state: what torch.save raises when the disk fills mid-write
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 38144 vs 38096")
+        real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_after_epoch_1)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10, 10, 0))
+    assert _train_command(config_path) == 1
+    message = capsys.readouterr().err
+    assert "the disk is full" in message and f"previous checkpoint in {tmp_path / 'run' / 'last'} is intact" in message
+    assert "Traceback" not in message and "unexpected pos" in message
+    monkeypatch.undo()
+    assert refiner.load_training_state(tmp_path / "run" / "last")["epoch"] == 1
