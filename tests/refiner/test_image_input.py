@@ -299,3 +299,193 @@ def test_small_image_note_only_for_images_smaller_than_one_patch() -> None:
     assert small_image_note((100, 5), (6, 6), (48, 48)) is not None  # one side is enough to be too small
     assert small_image_note((5, 100), (16, 8), (224, 224)) is not None  # width against pw, height against ph
     assert small_image_note((8, 16), (16, 8), (224, 224)) is None
+
+
+# ------------------------------------------------------------------------------ hostile images (issue 13)
+def _tiff_with_a_damaged_second_page() -> bytes:
+    data = bytearray(encode(Image.new("RGB", (32, 32), (10, 200, 30)), "TIFF", save_all=True,
+                            append_images=[Image.new("RGB", (32, 32), (200, 0, 0))]))
+    first = struct.unpack("<I", data[4:8])[0]
+    count = struct.unpack("<H", data[first:first + 2])[0]
+    second = struct.unpack("<I", data[first + 2 + 12 * count:first + 6 + 12 * count])[0]
+    for index in range(struct.unpack("<H", data[second:second + 2])[0]):
+        entry = second + 2 + 12 * index
+        if struct.unpack("<H", data[entry:entry + 2])[0] in (256, 257):  # ImageWidth, ImageLength
+            data[entry:entry + 2] = struct.pack("<H", 65000 + index)    # the page loses its size
+    return bytes(data)
+
+
+def test_a_multi_page_tiff_with_a_damaged_later_page_gives_its_first_page() -> None:
+    image = load_image(_tiff_with_a_damaged_second_page())  # was TypeError: Missing dimensions
+    assert image.size == (32, 32) and np.asarray(image)[5, 5].tolist() == [10, 200, 30]
+    assert any("later one of its pages cannot be read" in note for note in image.info["input_notes"])
+    two_pages = encode(Image.new("RGB", (8, 8)), "TIFF", save_all=True, append_images=[Image.new("RGB", (8, 8))])
+    assert load_image(two_pages).info["input_notes"] == ["multi-page image with 2 pages: using the first page"]
+
+
+def _progressive_jpeg_with_repeated_scans(repeats: int, side: int = 2048) -> bytes:
+    """A progressive JPEG whose smallest refinement scan is repeated: a tiny file that decodes for minutes."""
+    data = encode(Image.new("RGB", (side, side), (120, 130, 140)), "JPEG", progressive=True, quality=90)
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    end = data.rindex(b"\xff\xd9")
+    scans = [data[a:b] for a, b in zip(starts, starts[1:] + [end])]
+    return data[:end] + min(scans[1:], key=len) * repeats + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_with_thousands_of_scans_is_refused_before_decoding(monkeypatch) -> None:
+    from PIL import ImageFile
+
+    from refiner.image_input import jpeg_scan_count
+
+    bomb = _progressive_jpeg_with_repeated_scans(3000)  # 73 KB; decoding took 35 s here
+    assert len(bomb) < 100_000 and jpeg_scan_count(bomb) > 3000
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or Image.Image.load(self))
+    with pytest.raises(ImageInputError, match=r"progressive JPEG with \d+ scans; at its size the limit is 100"):
+        load_image(bomb)
+    assert not decoded
+    monkeypatch.undo()
+    # Ordinary JPEGs: baseline has one scan, Pillow's progressive ones a handful, and an EXIF thumbnail
+    # (a JPEG inside APP1) is not counted.
+    photo = gradient_rgb(64, 48)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    assert jpeg_scan_count(encode(photo, "JPEG")) == 1
+    assert 2 <= jpeg_scan_count(encode(photo, "JPEG", progressive=True)) <= 12
+    assert load_image(encode(photo, "JPEG", progressive=True)).size == (64, 48)
+    assert load_image(_progressive_jpeg_with_repeated_scans(20, side=256)).size == (256, 256)
+
+
+def _peak_rss_mb_during(call) -> float:
+    """Peak resident memory (MB) while ``call`` runs, above what the process held before (Linux)."""
+    def high_water() -> int:
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) // 1024
+
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets the high-water mark to the current resident size
+    except OSError:
+        pytest.skip("the kernel does not let this process reset its peak memory")
+    start = high_water()
+    call()
+    return high_water() - start
+
+
+@pytest.mark.parametrize("dtype, mode", [(np.uint16, "I;16"), (np.int32, "I"), (np.float32, "F")])
+def test_high_bit_depth_images_are_converted_after_downscaling(tmp_path: Path, dtype, mode: str) -> None:
+    side = 5000  # 25 megapixels; the audit's 7000 x 7000 files cost 1.1-1.5 GB, mostly float64 copies
+    array = np.zeros((side, side), dtype=dtype)
+    array[:, side // 2:] = 255 if mode != "F" else 1.0  # half black, half the top value
+    path = tmp_path / ("big.png" if mode == "I;16" else "big.tif")
+    Image.fromarray(array).save(path, **({} if mode == "I;16" else {"compression": "tiff_adobe_deflate"}))
+    del array
+    assert Image.open(path).mode == mode
+    images = []
+    peak = _peak_rss_mb_during(lambda: images.append(load_image(path)))
+    frame_mb = side * side * (2 if mode == "I;16" else 4) / 2 ** 20  # the decoded frame itself: 48 or 95 MB
+    assert peak < frame_mb + 80, f"{peak:.0f} MB for a {frame_mb:.0f} MB frame"
+    out = np.asarray(images[0])
+    assert images[0].size == (2048, 2048)
+    # The scale is decided on the full frame: resampling rings above 255 must not turn 8-bit values into
+    # 16-bit ones (255 / 257 would be black).
+    expected = 255 if mode in ("I", "F") else round(255 / 257)
+    assert np.abs(out[1000, 2000].astype(int) - expected).max() <= 1 and out[1000, 10].max() == 0
+
+
+def test_a_corrupt_jpeg_and_an_empty_png_are_named_for_what_they_are() -> None:
+    data = bytearray(encode(gradient_rgb(64, 64), "JPEG"))
+    data[2:20] = b"\xff\x01" + b"\x00" * 16  # the header segments are destroyed
+    with pytest.raises(ImageInputError, match="corrupt or truncated JPEG file"):
+        load_image(bytes(data))
+    with pytest.raises(ImageInputError, match=r"has no pixels: its header says 0x0"):
+        load_image(_png_header_only(0, 0))
+    with pytest.raises(ImageInputError, match="not an image in a supported format"):
+        load_image(b"plain text that no format starts with")
+
+
+def test_an_invalid_exif_orientation_is_not_called_turned_upright() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    image = load_image(encode(gradient_rgb(40, 30), "JPEG", exif=exif.tobytes()))
+    assert image.size == (40, 30)
+    assert not any("turned upright" in note for note in image.info["input_notes"])
+    assert any("orientation 9 is not a valid value" in note for note in image.info["input_notes"])
+
+
+def test_the_bomb_message_quotes_our_limit_not_pillows() -> None:
+    with pytest.raises(ImageInputError) as caught:
+        load_image(_png_header_only(20000, 10000))  # 200 MP: Pillow's own check fires before ours
+    assert "the limit is 50 megapixels" in str(caught.value) and "178956970" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------------------------- fuzzing
+def _fuzz_seeds() -> list:
+    """Tiny images of every accepted format and its common variants."""
+    rgb = gradient_rgb(24, 16)
+    frames = [Image.new("RGB", (12, 12), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    grey16 = Image.fromarray((np.arange(24 * 16, dtype=np.uint16).reshape(16, 24) * 97))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return [encode(rgb, "JPEG"), encode(rgb, "JPEG", progressive=True), encode(rgb, "JPEG", exif=exif.tobytes()),
+            encode(rgb, "PNG"), encode(rgb.convert("RGBA"), "PNG"), encode(rgb.convert("P"), "PNG"),
+            encode(grey16, "PNG"), encode(rgb, "WEBP"), encode(rgb, "WEBP", lossless=True),
+            encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True),
+            encode(rgb, "BMP"), encode(rgb.convert("P"), "GIF"),
+            encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50),
+            encode(rgb, "TIFF"), encode(rgb, "TIFF", compression="tiff_lzw"),
+            encode(rgb.convert("CMYK"), "TIFF", compression="tiff_adobe_deflate"),
+            encode(frames[0], "TIFF", save_all=True, append_images=frames[1:])]
+
+
+def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 4))):
+        kind = int(rng.integers(0, 6))
+        at = int(rng.integers(0, len(out)))
+        if kind == 0:    # flip bits in one byte
+            out[at] ^= int(rng.integers(1, 256))
+        elif kind == 1:  # overwrite a run with random bytes (sizes, offsets, counts in headers)
+            out[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        elif kind == 2:  # an extreme value: 0 or all ones
+            out[at:at + 2] = bytes([0, 0]) if rng.random() < 0.5 else bytes([0xFF, 0xFF])
+        elif kind == 3:  # truncate
+            out = out[:max(at, 8)]
+        elif kind == 4:  # duplicate a slice (repeated chunks, scans, pages)
+            end = min(len(out), at + int(rng.integers(1, 64)))
+            out[at:at] = out[at:end] * int(rng.integers(1, 20))
+        else:            # delete a slice
+            del out[at:at + int(rng.integers(1, 16))]
+    return bytes(out)
+
+
+def test_fuzzed_images_give_an_image_or_image_input_error_within_time_and_memory() -> None:
+    import time
+
+    rng = np.random.default_rng(13)
+    seeds = _fuzz_seeds()
+    outcomes = {"image": 0, "refused": 0}
+    started = time.perf_counter()
+    for index in range(800):
+        data = _mutate(seeds[index % len(seeds)], rng)
+        result: list = []
+
+        def call() -> None:
+            call_started = time.perf_counter()
+            try:
+                image = load_image(data)
+            except ImageInputError:
+                result.append("refused")
+            else:
+                assert image.mode == "RGB" and min(image.size) >= 1
+                result.append("image")
+            result.append(time.perf_counter() - call_started)
+
+        peak = _peak_rss_mb_during(call)
+        outcomes[result[0]] += 1
+        # The bounds load_image promises: one decoded frame of at most MAX_PIXELS at 4 bytes per pixel (a
+        # mutated header may claim that much), and no decode that runs for seconds.
+        assert peak < 4 * 50_000_000 / 2 ** 20 + 100, (index, peak)
+        assert result[1] < 5.0, (index, result[1])
+    assert outcomes["image"] > 80 and outcomes["refused"] > 80, outcomes  # the mutations reach both outcomes
+    assert time.perf_counter() - started < 60
