@@ -87,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
     output.add_argument("--seed", type=int, default=0)
     output.add_argument("--no-bundle", action="store_true", help="skip bundle.zip")
+    output.add_argument("--overwrite", action="store_true",
+                        help="write into an --out folder that holds other files (same-named ones are replaced)")
     output.add_argument("--no-progress", action="store_true")
 
 
@@ -159,25 +161,82 @@ class ImageItem:
     record: Dict[str, Any] = field(default_factory=dict)
 
 
-def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str, Sequence[float]]
-                       ) -> Iterator[ImageItem]:
-    """Images of a folder (sorted by name) read safely; unreadable files are skipped with a message."""
-    from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError, load_image
+def check_images_folder(folder: Path) -> None:
+    """Raise `ValueError` when ``--images`` is missing or a file (checked before any model loads)."""
+    if not folder.exists():
+        raise ValueError(f"--images {folder} does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"--images {folder} is a file; give the folder that holds the images")
 
+
+def folder_image_files(folder: Path) -> List[Path]:
+    """The image files of ``--images`` (sorted by name).
+
+    Raises:
+        ValueError: ``folder`` is missing, is a file, or holds no image files.
+    """
+    from refiner.image_input import ACCEPTED_EXTENSIONS
+
+    check_images_folder(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in ACCEPTED_EXTENSIONS)
     if not files:
         raise ValueError(f"no images ({', '.join(ACCEPTED_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def read_boxes(path: Optional[Path]) -> Dict[str, List[float]]:
+    """``--boxes``: {file name: [x0, y0, x1, y1]}.
+
+    Raises:
+        ValueError: the file is missing, not JSON, or not such a mapping (naming the first bad entry).
+    """
+    if path is None:
+        return {}
+    try:
+        boxes = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ValueError(f"--boxes {path} cannot be read as JSON ({error})") from None
+    if not isinstance(boxes, dict):
+        raise ValueError(f"--boxes {path} must map file names to [x0, y0, x1, y1]")
+    for name, box in boxes.items():
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and not
+                                                                 isinstance(v, bool) for v in box)):
+            raise ValueError(f"--boxes {path}: the box of {name!r} must be [x0, y0, x1, y1], not {str(box)[:80]}")
+    return boxes
+
+
+def iter_folder_images(folder: Path, models: List[LoadedModel], boxes: Dict[str, Sequence[float]],
+                       listed: Optional[Sequence[Any]] = None) -> Iterator[ImageItem]:
+    """Images of a folder (sorted by name) read safely; unreadable files are skipped with a message.
+
+    Args:
+        folder: ``--images``.
+        models: the loaded models (each gets its own input tensor).
+        boxes: file name -> box in original image pixels.
+        listed: `analysis.manifest_check.ListedImage` s of a manifest: exactly these files under their recorded
+            names, and one that cannot be read is an error instead of being skipped.
+    """
+    from refiner.image_input import ImageInputError, load_image
+
+    from .output_folder import unique_image_names
+
+    if listed is None:
+        names = unique_image_names(folder_image_files(folder))
+    else:
+        names = {image.path: image.name for image in listed}
     reference = models[0].info
-    for path in files:
+    for path, name in names.items():
         try:
             image = load_image(path)
             inputs = {m.label: m.info.transform(image) for m in models}
             picture = np.asarray(reference.view(image))
         except (ImageInputError, ValueError) as error:
+            if listed is not None:
+                raise ValueError(f"{path}, listed in the manifest, cannot be analysed now: {error}") from None
             print(f"skipping {path.name}: {error}", file=sys.stderr)
             continue
         box = reference.preprocessing.map_box(boxes[path.name], image.size) if path.name in boxes else None
-        yield ImageItem(name=path.stem, inputs=inputs, picture=picture, box=box, label=None,
+        yield ImageItem(name=name, inputs=inputs, picture=picture, box=box, label=None,
                         record={"path": str(path.resolve()), "sha256": sha256_of_file(path),
                                 "box_input_pixels": list(box) if box else None})
 
@@ -220,10 +279,16 @@ def run(args: argparse.Namespace) -> int:
         if args.out is None:
             print("refiner analyze: --out DIR is required", file=sys.stderr)
             return 2
+        if args.images is not None:
+            check_images_folder(args.images)  # named before any model loads
         return _analyze(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"refiner analyze: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # an output that cannot be written mid-run (disk full, permissions changed)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"refiner analyze: cannot write {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None) -> int:
@@ -234,18 +299,25 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     from .figures import dataset_figures, image_figures
     from .per_image import analyze_image
 
+    from refiner.image_input import ACCEPTED_EXTENSIONS
+
+    from .manifest_check import check_models, listed_images, unlisted_files
+    from .output_folder import prepare_output_folder
+
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     settings = settings_from_args(args)
     from refiner.device import resolve_device
 
+    # Checked before any work: a folder that is not ours (or not writable), missing or changed images.
+    folder = prepare_output_folder(args.out, overwrite=getattr(args, "overwrite", False))
+    listed = listed_images(expected) if expected is not None and args.images is not None else None
     device = resolve_device(getattr(args, "device", "cpu"))
     models = _unique_labels([load_model(spec, args.seed, device) for spec in args.model])
     records = {m.label: model_record(m) for m in models}
     if expected is not None:
-        _verify_models(records, expected)
+        check_models(records, expected)
     modules = {m.label: m.model for m in models}
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     files: Dict[str, Path] = {}
     image_records: List[Dict[str, Any]] = []
     progress = not args.no_progress
@@ -288,10 +360,13 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
                 _write(out / "tables" / f"{stem}.csv", export.table_csv(rows), files, out)
                 _write(out / "tables" / f"{stem}.json", export.table_json(rows), files, out)
     elif args.images is not None:
-        boxes = json.loads(args.boxes.read_text(encoding="utf-8")) if args.boxes else {}
-        items = list(iter_folder_images(args.images, models, boxes))
-        if expected is not None:
-            _verify_images(items, expected)
+        items = list(iter_folder_images(args.images, models, read_boxes(args.boxes), listed))
+        if listed is not None:
+            _check_boxes(items, expected)
+            left_out = unlisted_files(args.images, listed, ACCEPTED_EXTENSIONS)
+            if left_out:
+                print(f"left out {len(left_out)} image(s) not in the manifest: {', '.join(left_out[:5])}"
+                      f"{' ...' if len(left_out) > 5 else ''}", file=sys.stderr)
         image_records = [dict(i.record, name=i.name) for i in items]
         per_image(items[: max(args.per_image, 0)])
         # Dataset statistics over the folder (one batch per image keeps differing preprocessing simple).
@@ -348,6 +423,10 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     (out / export.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     if not args.no_bundle:
         export.write_bundle(out / "bundle.zip", files, manifest)
+    stale = folder.finish(list(files))
+    if stale:
+        print(f"removed {len(stale)} file(s) of the earlier analysis in {out} that this run did not make",
+              file=sys.stderr)
     print(f"wrote {len(files)} files to {out}" + ("" if args.no_bundle else f" and {out / 'bundle.zip'}"))
     return 0
 
@@ -455,6 +534,7 @@ def _remake(args: argparse.Namespace) -> int:
     remade.manifest = None
     remade.no_progress = args.no_progress
     remade.device = args.device  # where to run is this machine's choice, not the recorded one
+    remade.overwrite = args.overwrite  # permission to write into a folder is asked of this command line
     remade.out = args.out or Path(args.manifest).resolve().parent / "remade"
     return _analyze(remade, expected=manifest)
 
@@ -524,20 +604,11 @@ def _view_outputs(view: Tuple[Path, Dict[str, Any]], models: List[LoadedModel]
     return figs, compare_tables(views, labels, settings, names)
 
 
-def _verify_models(records: Dict[str, Dict[str, Any]], manifest: Dict[str, Any]) -> None:
-    """Refuse when a re-loaded model's weights are not the ones the manifest recorded."""
-    recorded = {m["label"]: m for m in manifest["models"]}
-    for label, record in records.items():
-        want = recorded.get(label, {}).get("state_sha256")
-        if want and want != record["state_sha256"]:
-            raise ValueError(f"model {label!r} from {record['source']} has different weights than the manifest "
-                             f"records (state sha256 {record['state_sha256'][:12]} != {want[:12]}); "
-                             "the figures would not be the same")
-
-
-def _verify_images(items: List[ImageItem], manifest: Dict[str, Any]) -> None:
-    recorded = {r.get("path"): r.get("sha256") for r in manifest.get("images", [])}
-    for item in items:
-        want = recorded.get(item.record["path"])
-        if want and want != item.record["sha256"]:
-            raise ValueError(f"image {item.record['path']} changed since the manifest was written (sha256 differs)")
+def _check_boxes(items: List[ImageItem], manifest: Dict[str, Any]) -> None:
+    """Refuse a re-run whose --boxes give other boxes than the manifest recorded (the figures would differ)."""
+    recorded = {r.get("path"): r.get("box_input_pixels") for r in manifest.get("images", []) if isinstance(r, dict)}
+    changed = [Path(i.record["path"]).name for i in items
+               if i.record["path"] in recorded and recorded[i.record["path"]] != i.record["box_input_pixels"]]
+    if changed:
+        raise ValueError(f"the boxes of {', '.join(changed)} differ from those the manifest recorded "
+                         "(--boxes changed); the figures would not be the same")

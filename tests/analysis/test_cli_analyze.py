@@ -115,3 +115,90 @@ def test_manifest_of_an_app_bundle_is_remade_from_its_inputs(tmp_path) -> None:
     assert remade["settings"]["map_kind"] == "effective"  # the app's "difference" view is not a metric setting
     assert (out / "figures" / "images" / "sample" / "localisation.html").exists()
     assert not list(out.glob("figures/**/*.png"))  # --formats given with --manifest wins
+
+
+# ------------------------------------------------------------------ output folders and manifests (issue 13)
+def _hostile_folder(tmp_path) -> Path:
+    """Two images with one stem, a TIFF whose second page is damaged and a TIFF that is all damage."""
+    from tests.refiner.test_image_input import _tiff_with_a_damaged_second_page
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("photo.jpg", "photo.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "pages.tif").write_bytes(_tiff_with_a_damaged_second_page())
+    (folder / "wreck.tif").write_bytes(b"II*\x00" + bytes(range(200)))
+    return folder
+
+
+FAST = ["--model", "vanilla=vit_micro_patch4_32", "--formats", "html", "--per-image", 3, "--n-boot", 20,
+        "--no-progress"]
+
+
+def test_same_stem_images_get_their_own_outputs_and_a_bad_tiff_ends_nothing(tmp_path, capsys) -> None:
+    folder = _hostile_folder(tmp_path)
+    out = tmp_path / "out"
+    assert run_cli([*FAST, "--images", folder, "--out", out]) == 0
+    assert "skipping wreck.tif" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(i["name"] for i in manifest["images"]) == ["pages", "photo-jpg", "photo-png"]
+    a, b = (np.load(out / "maps" / f"photo-{ext}.npz")["vanilla/effective"] for ext in ("jpg", "png"))
+    assert not np.array_equal(a, b)  # each image kept its own outputs
+
+
+def test_out_that_holds_other_files_is_refused_and_an_earlier_run_is_replaced(image_folder, tmp_path,
+                                                                             capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("my own notes")
+    assert run_cli([*FAST, "--images", image_folder, "--out", out]) == 2
+    message = capsys.readouterr().err
+    assert "is not empty" in message and "manifest.json" in message and "--overwrite" in message
+    assert (out / "manifest.json").read_text() == "my own notes" and len(list(out.iterdir())) == 1
+    assert run_cli([*FAST, "--images", image_folder, "--out", out, "--overwrite"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["format"] == 1
+    # The folder now holds a run of ours: running again replaces it, without stale per-image files.
+    (image_folder / "b.jpg").unlink()
+    assert run_cli([*FAST, "--images", image_folder, "--out", out]) == 0
+    assert not (out / "tables" / "images" / "b.csv").exists() and (out / "tables" / "images" / "a.csv").exists()
+
+
+def test_images_or_out_given_a_file_are_named(tmp_path, capsys) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    assert run_cli([*FAST, "--images", tmp_path / "a.png", "--out", tmp_path / "o"]) == 2
+    assert "--images" in (err := capsys.readouterr().err) and "is a file" in err and "Traceback" not in err
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "x.png")
+    assert run_cli([*FAST, "--images", folder, "--out", tmp_path / "a.png"]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "is a file, not a folder" in err
+    assert (tmp_path / "a.png").read_bytes() == b"x"
+
+
+def test_manifest_remakes_exactly_what_it_lists_or_refuses_naming_the_difference(image_folder, tmp_path,
+                                                                                 capsys) -> None:
+    out = tmp_path / "out"
+    assert run_cli([*FAST, "--images", image_folder, "--out", out, "--no-bundle"]) == 0
+    listed = sorted(i["name"] for i in json.loads((out / "manifest.json").read_text())["images"])
+    # An image added since: left out (and said so), the figures are re-made from the listed ones only.
+    Image.new("RGB", (40, 48), (9, 9, 9)).save(image_folder / "added.png")
+    capsys.readouterr()
+    assert run_cli(["--manifest", out / "manifest.json", "--out", tmp_path / "again", "--no-progress"]) == 0
+    assert "not in the manifest: added.png" in capsys.readouterr().err  # (and broken.png, skipped before)
+    remade = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert sorted(i["name"] for i in remade["images"]) == listed
+    assert (tmp_path / "again" / "tables" / "dataset_metrics.csv").read_text() == \
+        (out / "tables" / "dataset_metrics.csv").read_text()
+    # Weights that differ from the recorded file hash: refused, naming the model and the hash.
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["models"][0]["weights_sha256"] = "f" * 64
+    (tmp_path / "edited.json").write_text(json.dumps(manifest))
+    assert run_cli(["--manifest", tmp_path / "edited.json", "--out", tmp_path / "third", "--no-progress"]) == 2
+    assert "model 'vanilla'" in (err := capsys.readouterr().err) and "weights_sha256" in err
+    # A listed image deleted since: refused, naming it; nothing is written.
+    (image_folder / "a.png").unlink()
+    assert run_cli(["--manifest", out / "manifest.json", "--out", tmp_path / "fourth", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "a.png is missing" in err and "lists 2 images" in err
+    assert not (tmp_path / "fourth").exists() or not any((tmp_path / "fourth").iterdir())
