@@ -308,10 +308,10 @@ def _analyze(args: argparse.Namespace, expected: Optional[Dict[str, Any]] = None
     settings = settings_from_args(args)
     from refiner.device import resolve_device
 
+    device = resolve_device(getattr(args, "device", "cpu"))
     # Checked before any work: a folder that is not ours (or not writable), missing or changed images.
     folder = prepare_output_folder(args.out, overwrite=getattr(args, "overwrite", False))
     listed = listed_images(expected) if expected is not None and args.images is not None else None
-    device = resolve_device(getattr(args, "device", "cpu"))
     models = _unique_labels([load_model(spec, args.seed, device) for spec in args.model])
     records = {m.label: model_record(m) for m in models}
     if expected is not None:
