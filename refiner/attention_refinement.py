@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import refinement_fused
-from .refinement_autograd import ExpandNormReLU6, NormReLU6, ReduceNorm, update_running_stats
+from .refinement_autograd import ExpandNormReLU6, NormReLU6, ReduceNorm, expand_heads, update_running_stats
 
 Layout = Literal["sequence", "spatial"]
 LAYOUTS: Tuple[str, ...] = ("sequence", "spatial")
@@ -139,8 +139,7 @@ class AttentionRefinement(nn.Module):
         weight1 = self.expand.weight.view(channels, heads) * scale1[:, None]
         # The same copy-free layouts as in training: (B, H, N*N) -> channels-last (B, N*N, rH) -> (B, H, N*N).
         # In-place ReLU6 only on fresh outputs whose producers do not need them for a backward pass.
-        x = torch.baddbmm(shift1.expand(b, pixels, channels), attn.reshape(b, heads, pixels).transpose(1, 2),
-                          weight1.t().expand(b, heads, channels))
+        x = expand_heads(attn.reshape(b, heads, pixels), weight1, shift1)
         x = F.relu6(x, inplace=True).view(b, n, n, channels).permute(0, 3, 1, 2)
         if self.layout == "sequence":
             x = F.conv2d(x, self.local.weight * scale2.view(-1, 1, 1, 1), shift2, padding=self.kernel // 2,
