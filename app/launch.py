@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of checkpoint folders for the model slots (default: ./checkpoints)")
     parser.add_argument("--browser", action="store_true", help="open a browser tab (default: headless)")
     parser.add_argument("--map-budget-mb", type=float, default=None,
-                        help="bytes of captured maps the server keeps, in MB, shared by all sessions (default 2048; "
-                             "least recently used views are dropped and recomputed when needed)")
+                        help="bytes of captured maps the server keeps, in MB, shared by all sessions (default: a "
+                             "quarter of the machine's memory, 1024-16384; least recently used views are dropped and "
+                             "recomputed when needed)")
     parser.add_argument("--device", default="auto",
                         help="where models run: auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from app.map_store import MapStore, budget_from_env, nbytes_of
+from app.map_store import MapStore, budget_from_env, default_budget_bytes, nbytes_of
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,23 @@ def test_concurrent_requests_compute_once_and_errors_store_nothing() -> None:
 
 
 def test_budget_from_the_environment() -> None:
-    assert budget_from_env({}) == 2048 * 2**20
+    assert budget_from_env({}) == default_budget_bytes()
     assert budget_from_env({"REFINER_APP_MAP_BUDGET_MB": "512"}) == 512 * 2**20
     for bad in ("lots", "-1"):
         with pytest.raises(ValueError, match="REFINER_APP_MAP_BUDGET_MB"):
             budget_from_env({"REFINER_APP_MAP_BUDGET_MB": bad})
+
+
+def test_default_budget_is_a_quarter_of_memory_within_bounds() -> None:
+    gib = 2**30
+    assert default_budget_bytes(24 * gib) == 6 * gib
+    assert default_budget_bytes(2 * gib) == 1 * gib        # small machines still keep a few views
+    assert default_budget_bytes(512 * gib) == 16 * gib     # big servers do not hand a cache half a terabyte
+    assert default_budget_bytes(0) == 1 * gib
+
+
+def test_an_array_shared_by_two_fields_is_counted_once() -> None:
+    maps = np.zeros(2**20, np.float32)  # 4 MiB: a vanilla view's softmax and effective maps are one array
+    assert nbytes_of(View(maps, maps)) == maps.nbytes
+    assert nbytes_of(View(maps, maps[:10])) == maps.nbytes  # a slice is a view of the same buffer
+    assert nbytes_of(View(maps, maps.copy())) == 2 * maps.nbytes
