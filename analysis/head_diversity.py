@@ -18,7 +18,8 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, safe_divide
+from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, row_entropy_nats,
+                            safe_divide)
 from .similarity import unit_columns
 
 
@@ -78,28 +79,12 @@ def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
     return diversity_from_head_cosines(head_cosine_matrix(maps, normalize))
 
 
-def _row_entropy_nats(p: np.ndarray) -> np.ndarray:
-    """-sum p log p over the last axis, with 0 log 0 = 0 (p >= 0)."""
-    logs = np.log(p, out=np.zeros_like(p), where=p > 0)
-    return -np.einsum("...j,...j->...", p, logs)
-
-
 # A row pair whose float32 divergence is below this (nats) is computed again in float64. The divergence is a
 # difference of entropies (each up to log N), which cancels almost completely for nearly identical rows (the
 # head-collapse regime): float32 entropies left errors of ~1e-4 in the distance there. With float32 logarithms
 # and float64 sums the divergence is off by < 1e-7 nats (measured at N = 785), so the distance
 # sqrt(D / ln 2) of a row is off by < 1e-7 / (2 ln 2 d): below 1e-6 for every row from D = 0.0025 (d = 0.06).
 _RECOMPUTE_BELOW_NATS = 0.0025
-_TINY = np.float32(1e-30)  # 0 log 0 = 0 without a mask: 0 * log(1e-30) == 0
-
-
-def _entropy_into(p: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """`_row_entropy_nats` of (..., N) rows using ``scratch`` (same shape and dtype) for the logarithms."""
-    np.maximum(p, _TINY, out=scratch)
-    np.log(scratch, out=scratch)
-    return -np.einsum("...j,...j->...", p, scratch, dtype=np.float64)
-
-
 def _layer_js(rows: np.ndarray) -> np.ndarray:
     """(H, H) Jensen-Shannon distances of one layer's (H, N, N) row distributions (see `head_js_matrix`)."""
     heads = rows.shape[0]
@@ -108,20 +93,20 @@ def _layer_js(rows: np.ndarray) -> np.ndarray:
         return out
     exact = rows.dtype == np.float64
     mixture, scratch = np.empty_like(rows[1:]), np.empty_like(rows[1:])  # (H - 1, N, N) buffers, reused
-    own = _entropy_into(rows, np.empty_like(rows))  # (H, N)
+    own = row_entropy_nats(rows, np.empty_like(rows))  # (H, N)
     for first in range(heads - 1):
         count = heads - 1 - first  # pairs (first, first + 1 ...): a slice, no index copy of the maps
         mix = mixture[:count]
         np.add(rows[first + 1:], rows[first], out=mix)
         mix *= 0.5
-        divergence = _entropy_into(mix, scratch[:count]) - 0.5 * (own[first] + own[first + 1:])  # (count, N)
+        divergence = row_entropy_nats(mix, scratch[:count]) - 0.5 * (own[first] + own[first + 1:])  # (count, N)
         if not exact:
             pair, row = np.nonzero(divergence < _RECOMPUTE_BELOW_NATS)
             if len(pair):
                 p = rows[first, row].astype(np.float64)  # (rows, N)
                 q = rows[first + 1 + pair, row].astype(np.float64)
-                divergence[pair, row] = (_row_entropy_nats(0.5 * (p + q))
-                                         - 0.5 * (_row_entropy_nats(p) + _row_entropy_nats(q)))
+                divergence[pair, row] = (row_entropy_nats(0.5 * (p + q))
+                                         - 0.5 * (row_entropy_nats(p) + row_entropy_nats(q)))
         distance = np.sqrt(np.clip(divergence / np.log(2.0), 0.0, 1.0)).mean(axis=-1)
         out[first, first + 1:] = distance
         out[first + 1:, first] = distance
@@ -198,7 +183,7 @@ def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_N
     eigen = np.linalg.eigvalsh(gram)
     singular = np.sqrt(np.clip(eigen, 0.0, None))
     p = safe_divide(singular, singular.sum(axis=-1, keepdims=True))
-    return np.exp(_row_entropy_nats(p))
+    return np.exp(row_entropy_nats(p))
 
 
 @dataclass

@@ -22,7 +22,8 @@ from typing import Tuple
 
 import numpy as np
 
-from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows
+from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows,
+                            row_entropy_nats)
 
 Grid = Tuple[int, int]
 
@@ -182,8 +183,7 @@ def row_entropy(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> n
     tokens = rows.shape[-1]
     if tokens < 2:
         return np.zeros(rows.shape[:-1], dtype=rows.dtype)
-    logs = np.log(rows, out=np.zeros_like(rows), where=rows > 0)
-    return -np.einsum("...j,...j->...", rows, logs) / np.log(tokens)
+    return row_entropy_nats(rows) / np.log(tokens)
 
 
 def cls_and_patch_entropy(maps: np.ndarray, num_prefix_tokens: int, normalize: Normalize = DEFAULT_NORMALIZE

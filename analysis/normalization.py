@@ -15,7 +15,7 @@ map the transform changes.
 
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 
@@ -94,3 +94,31 @@ def renormalize_rows(weights: np.ndarray) -> np.ndarray:
     if np.all(sums != 0):
         return weights / sums  # fast path: no zero rows to protect
     return safe_divide(weights, sums)
+
+
+_TINY = 1e-30  # 0 log 0 = 0 without a masked log: 0 * log(1e-30) == 0
+
+
+def row_entropy_nats(p: np.ndarray, scratch: Optional[np.ndarray] = None) -> np.ndarray:
+    """-sum p log p over the last axis, in nats, with 0 log 0 = 0 and non-positive entries ignored.
+
+    One unmasked logarithm per entry (numpy's masked ``log(where=...)`` is several times slower) and float64
+    sums, one leading slice at a time so that no float64 copy of a large stack is made.
+
+    Args:
+        p: (..., N) rows (float32 or float64).
+        scratch: optional buffer of p's shape and dtype for the logarithms (reused by callers in loops).
+
+    Returns:
+        (...) float64.
+    """
+    if p.ndim >= 3 and p.shape[0] > 1:
+        out = np.empty(p.shape[:-1], dtype=np.float64)
+        for index in range(p.shape[0]):
+            out[index] = row_entropy_nats(p[index], None if scratch is None else scratch[index])
+        return out
+    logs = np.empty_like(p) if scratch is None else scratch
+    np.maximum(p, p.dtype.type(_TINY), out=logs)
+    np.log(logs, out=logs)
+    weights = p if p.size == 0 or p.min() >= 0 else np.maximum(p, 0)
+    return -np.einsum("...j,...j->...", weights, logs, dtype=np.float64)

@@ -24,3 +24,21 @@ def test_zero_rows_stay_zero_and_dtype_is_kept() -> None:
 def test_unknown_mode_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="normalize must be one of"):
         normalize_rows(np.eye(2), "softmax")
+
+
+def test_row_entropy_nats_equals_scipy_with_zeros_and_ignores_negative_entries() -> None:
+    from scipy.stats import entropy
+
+    from analysis.normalization import row_entropy_nats
+
+    rng = np.random.default_rng(0)
+    rows = rng.random((3, 4, 6, 9)) * (rng.random((3, 4, 6, 9)) > 0.3)
+    rows[0, 0, 0] = 0.0
+    rows[0, 0, 0, 2] = 1.0  # one-hot: entropy 0
+    rows /= rows.sum(-1, keepdims=True)
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 1e-6)):
+        got = row_entropy_nats(rows.astype(dtype))
+        assert got.dtype == np.float64 and got.shape == (3, 4, 6)
+        np.testing.assert_allclose(got, entropy(rows, axis=-1), atol=tolerance)
+    signed = np.array([[0.5, 0.5, -0.25]])
+    np.testing.assert_allclose(row_entropy_nats(signed), [np.log(2.0)])  # as if the -0.25 were not there
