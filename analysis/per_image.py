@@ -40,6 +40,8 @@ class CapturedBatch:
     Attributes:
         effective: (B, L, H, N, N) float32 maps that multiply V (None when not asked for).
         softmax: (B, L, H, N, N) float32 softmax maps; NaN for blocks that compute none (None when not asked for).
+            For a model whose every block multiplies V by its softmax map this is the same (read-only) array
+            as ``effective``, so a vanilla ViT's maps are held once.
         logits: (B, num_classes) float32.
         block_outputs: per block, (B, N, D) float32 token representations.
         meta: geometry of the pass.
@@ -53,8 +55,9 @@ class CapturedBatch:
 
     @property
     def map_bytes(self) -> int:
-        """Bytes of the maps held (both kinds when both were captured)."""
-        return sum(m.nbytes for m in (self.effective, self.softmax) if m is not None)
+        """Bytes of the maps held (an array shared by both kinds counted once)."""
+        held = {id(m): m.nbytes for m in (self.effective, self.softmax) if m is not None}
+        return sum(held.values())
 
 
 def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = MAP_KINDS) -> CapturedBatch:
@@ -84,8 +87,16 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
         logits = model(images)
     skip = set(rec.meta.class_attention_layers)  # CaiT's CLS-only layers have another shape (see `stacked`)
     layers = [i for i, m in enumerate(rec.effective) if m is not None and i not in skip]
+    # A vanilla block's softmax map is its effective map (the capture records one tensor for both): one array.
+    same = all(rec.softmax[i] is rec.effective[i] for i in layers)
     softmax = _release_into_array(rec.softmax, layers, rec.effective) if "softmax" in kinds else None
-    effective = _release_into_array(rec.effective, layers) if "effective" in kinds else None
+    if "effective" not in kinds:
+        effective = None
+    elif same and softmax is not None:
+        softmax.setflags(write=False)  # shared by both names: an in-place change of one would change the other
+        effective = softmax
+    else:
+        effective = _release_into_array(rec.effective, layers)
     return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
                          block_outputs=list(outputs), meta=rec.meta)
 

@@ -62,3 +62,9 @@ def test_run_with_capture_returns_only_the_kinds_asked_for_and_releases_the_capt
     assert not np.allclose(both.softmax, both.effective)  # the refined block changes its softmax map
     with pytest.raises(ValueError, match="kinds"):
         run_with_capture(pair["refined"], images, kinds=("rollout",))
+
+
+def test_a_vanilla_models_softmax_and_effective_maps_are_one_read_only_array(pair) -> None:
+    captured = run_with_capture(pair["vanilla"], torch.rand(1, 3, 32, 32))
+    assert captured.softmax is captured.effective and not captured.effective.flags.writeable
+    assert captured.map_bytes == captured.effective.nbytes
