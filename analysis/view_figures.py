@@ -182,10 +182,36 @@ def token_ticks(labels: Sequence[str], num_prefix_tokens: int, grid: Tuple[int, 
     return positions, texts
 
 
+# Above this many tokens an N x N map has more cells than a figure has pixels (and 785^2 cells are 4 MB of JSON per
+# redraw, 1370^2 are 13 MB): it is drawn as means of square token blocks, at most this many per side.
+MAX_MATRIX_CELLS = 256
+
+
+def token_blocks(matrix: np.ndarray, most: int = MAX_MATRIX_CELLS) -> Tuple[np.ndarray, np.ndarray, int]:
+    """An (N, N) map as means of b x b token blocks, b = ceil(N / most) (b = 1: the map itself).
+
+    Returns:
+        (cells (ceil(N/b), ceil(N/b)), block centres in token units (ceil(N/b),), b); a last, partial block
+        is the mean of the tokens it has.
+    """
+    tokens = matrix.shape[0]
+    block = max(1, -(-tokens // most))
+    if block == 1:
+        return matrix, np.arange(tokens, dtype=float), 1
+    count = -(-tokens // block)
+    padded = np.full((count * block, count * block), np.nan, dtype=np.float64)
+    padded[:tokens, :tokens] = matrix
+    cells = np.nanmean(padded.reshape(count, block, count, block), axis=(1, 3))
+    starts = np.arange(count) * block
+    centres = (starts + np.minimum(starts + block, tokens) - 1) / 2.0
+    return cells, centres, block
+
+
 def token_matrix(matrix: np.ndarray, labels: List[str], title: str, diverging: bool = False,
                  num_prefix_tokens: int = 0, grid: Optional[Tuple[int, int]] = None,
                  colorbar_title: str = "attention weight") -> go.Figure:
-    """The full N x N map (rows = queries, columns = keys) with token tick labels and names on hover.
+    """The full N x N map (rows = queries, columns = keys) with token tick labels and names on hover; above
+    `MAX_MATRIX_CELLS` tokens as means of square token blocks (`token_blocks`), said in the title.
 
     Args:
         matrix: (N, N).
@@ -198,10 +224,15 @@ def token_matrix(matrix: np.ndarray, labels: List[str], title: str, diverging: b
     """
     zmin, zmax = color_range(matrix, diverging)
     tokens = np.arange(matrix.shape[0])
-    fig = go.Figure(go.Heatmap(z=matrix, x=tokens, y=tokens, colorscale=DIVERGING if diverging else SEQUENTIAL,
+    cells, centres, block = token_blocks(matrix)
+    hover = ("query %{y}<br>key %{x}<br>%{z:.4f}<extra></extra>" if block == 1 else
+             f"queries %{{y}} +- {block / 2:g}<br>keys %{{x}} +- {block / 2:g}<br>mean %{{z:.4f}}<extra></extra>")
+    fig = go.Figure(go.Heatmap(z=cells, x=centres, y=centres, colorscale=DIVERGING if diverging else SEQUENTIAL,
                                zmin=zmin, zmax=zmax,
                                colorbar={"thickness": 10, "title": {"text": colorbar_title, "side": "right"}},
-                               hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra></extra>"))
+                               hovertemplate=hover))
+    if block > 1:
+        title = f"{title} (means of {block} x {block} token blocks)"
     positions, texts = (token_ticks(labels, num_prefix_tokens, grid) if grid is not None
                         else (list(tokens), list(labels)))
     _style(fig)

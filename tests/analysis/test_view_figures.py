@@ -1,6 +1,7 @@
 """The Compare view's figures: square panels, their own or one shared colour scale, token ticks, labels."""
 
 import numpy as np
+import pytest
 
 from analysis.compare_view import CompareSettings, ModelView, compare_figures, overlay_ranges
 from analysis.view_figures import heads_grid, token_matrix, token_ticks
@@ -57,6 +58,24 @@ def test_token_matrix_has_token_tick_labels() -> None:
     # 37 x 37 patches (Refiner-ViT-L at 448 px): a readable number of ticks.
     many = token_ticks(["CLS"] + ["p"] * 37 * 37, 1, (37, 37))[0]
     assert len(many) <= 17
+
+
+def test_a_research_scale_matrix_is_drawn_as_token_block_means() -> None:
+    from analysis.view_figures import MAX_MATRIX_CELLS, token_blocks
+
+    rng = np.random.default_rng(0)
+    small = rng.random((MAX_MATRIX_CELLS, MAX_MATRIX_CELLS))
+    cells, centres, block = token_blocks(small)
+    assert block == 1 and cells is small
+    matrix = rng.random((785, 785))  # Refiner-ViT-L at 448 px: 4 x 4 blocks, the last one 1 token wide
+    cells, centres, block = token_blocks(matrix)
+    assert block == 4 and cells.shape == (197, 197)
+    assert cells[1, 2] == pytest.approx(matrix[4:8, 8:12].mean())
+    assert cells[-1, -1] == pytest.approx(matrix[784, 784]) and centres[-1] == 784 and centres[0] == 1.5
+    labels = ["CLS"] + [f"patch ({r}, {c})" for r in range(28) for c in range(28)]
+    fig = token_matrix(matrix, labels, "A", num_prefix_tokens=1, grid=(28, 28))
+    assert np.asarray(fig.data[0].z).shape == (197, 197) and "4 x 4 token blocks" in fig.layout.title.text
+    assert len(fig.to_json()) < 1_500_000  # was 4.1 MB per redraw
 
 
 def test_view_figures_name_the_map_kind_and_share_a_scale_on_request() -> None:
