@@ -1,6 +1,6 @@
 """The Compare view of two models on one image: its data, its settings, and all of its figures and tables.
 
-`ModelView` holds one model's captured maps on one image (the app makes it with `app.maps.run_model`; a view
+`ModelView` holds one model's captured maps on one image (`capture_view` makes it, for the app and the tests; a view
 bundle stores it in ``maps/maps.npz``, see `ModelView.from_arrays`). `compare_figures` and `compare_tables`
 build what the Compare page shows for a `CompareSettings`; the page draws them and ``refiner analyze
 --manifest bundle.zip`` re-makes them from the bundle, so both write the same files (DESIGN section 6).
@@ -9,13 +9,18 @@ build what the Compare page shows for a `CompareSettings`; the page draws them a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import plotly.graph_objects as go
 
 from .rollout import fuse_heads
 from .view_figures import attention_overlay, color_range, heads_grid, symmetric_range, token_matrix, top_k_bars
+
+if TYPE_CHECKING:  # annotations only: no import cost for the figure code
+    import PIL.Image
+
+    import refiner
 
 HeadChoice = Union[int, str]  # a head index, or "mean" / "max" fusion over heads
 SLOTS = ("A", "B")
@@ -94,6 +99,34 @@ class ModelView:
                    num_prefix_tokens=geometry[0], grid=(geometry[1], geometry[2]),
                    patch_size=(geometry[3], geometry[4]), picture=get("picture"), input_tensor=get("input"),
                    class_token_index=cls_index if cls_index >= 0 else None)
+
+
+def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image") -> ModelView:
+    """One model on one picture: a forward pass with capture (`analysis.per_image.run_with_capture`, the one
+    capture path of the app and the CLI), as a `ModelView`.
+
+    The model's own transform makes the input (timm's eval transform or the checkpoint's recorded one; images
+    smaller than the input are enlarged). A vanilla model's softmax and effective maps are one read-only array;
+    a block without its own softmax map (official shared blocks) shows its effective map, ``has_softmax`` False.
+    """
+    from .per_image import run_with_capture
+
+    x = loaded.info.transform(image)
+    picture = np.asarray(loaded.info.view(image).convert("RGB"))
+    captured = run_with_capture(loaded.model, x[None])
+    meta = captured.meta
+    effective = captured.effective[0]
+    has_softmax = ~np.isnan(captured.softmax[0]).any(axis=(1, 2, 3))
+    softmax = captured.softmax[0]
+    if not has_softmax.all():
+        softmax = np.where(has_softmax[:, None, None, None], softmax, effective).astype(np.float32)
+    logits = captured.logits[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    return ModelView(probs=(probs / probs.sum()).astype(np.float32), softmax=softmax, effective=effective,
+                     has_softmax=has_softmax, refined=np.array(meta.refined),
+                     num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
+                     patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
+                     class_token_index=meta.class_token_index)
 
 
 def head_matrix(view: ModelView, layer: int, head: HeadChoice, kind: str = "effective") -> np.ndarray:

@@ -16,7 +16,7 @@ from analysis.compare_view import ModelView
 
 from .images import ImageItem, sample_item, upload_item
 from .map_store import MapStore, budget_from_env
-from .maps import run_model
+from analysis.compare_view import capture_view
 from .sources import LoadedModel, load_source
 
 
@@ -54,7 +54,7 @@ def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) 
     def compute() -> ModelView:
         item = get_upload(upload) if upload is not None else get_sample(image_key, canvas)
         with st.spinner("Running the model..."):
-            return run_model(get_model(source), item.image)
+            return capture_view(get_model(source), item.image)
 
     # An upload's key is the hash of its bytes, so the bytes themselves need not be part of the store's key.
     return map_store().get((source, image_key, canvas), compute)

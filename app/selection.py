@@ -106,7 +106,7 @@ def parse_tab(text: Optional[str]) -> str:
 
 
 def head_value(head: str):
-    """The head choice as `app.maps.head_matrix` takes it: an int index or a fusion name."""
+    """The head choice as `analysis.compare_view.head_matrix` takes it: an int index or a fusion name."""
     return int(head) if head.isdigit() else head
 
 

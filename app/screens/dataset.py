@@ -23,7 +23,7 @@ from .. import cached
 from ..charts import show_chart
 from ..exports import figure_exports, table_exports
 from ..images import canvas_key, sample_item, upload_item
-from ..maps import run_model
+from analysis.compare_view import capture_view
 from ..metric_views import curve_keys, head_mean
 from ..model_info import enlarged_notes
 from ..sidebar import Context
@@ -61,7 +61,7 @@ def _image_summaries(sources: Tuple[str, str], image_key: str, upload: Optional[
     models = [cached.get_model(source) for source in sources]
     for model in models:
         try:
-            view = run_model(model, item.image)
+            view = capture_view(model, item.image)
         except ImageInputError as error:
             return None, f"{item.key}: {error}"
         metrics = compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid,

@@ -68,3 +68,26 @@ def test_a_vanilla_models_softmax_and_effective_maps_are_one_read_only_array(pai
     captured = run_with_capture(pair["vanilla"], torch.rand(1, 3, 32, 32))
     assert captured.softmax is captured.effective and not captured.effective.flags.writeable
     assert captured.map_bytes == captured.effective.nbytes
+
+
+def test_capture_view_is_the_capture_of_the_models_own_input(pair) -> None:
+    """The app's view comes from the same capture path as the CLI (`run_with_capture`), on the model's input."""
+    from PIL import Image
+
+    from analysis.compare_view import capture_view
+    from refiner import LoadedModel
+    from refiner.loading import describe
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    for name, model in pair.items():
+        loaded = LoadedModel(model=model, info=describe(model, name=name, source=name, kind="random",
+                                                        weights="test", weights_sha256="0"), label=name)
+        view = capture_view(loaded, image)
+        x = loaded.info.transform(image)[None]
+        with torch.no_grad(), refiner.capture_attention(model) as rec:
+            logits = model(x)
+        np.testing.assert_allclose(view.effective, rec.stacked("effective")[0].numpy(), atol=1e-6)
+        np.testing.assert_allclose(view.softmax, rec.stacked("softmax")[0].numpy(), atol=1e-6)
+        np.testing.assert_allclose(view.probs, logits.softmax(-1)[0].numpy(), atol=1e-6)
+        assert view.has_softmax.all() and view.picture.shape == (32, 32, 3)
+        assert (view.softmax is view.effective) == (name == "vanilla")

@@ -15,7 +15,7 @@ from analysis.compare_view import ModelView
 from analysis.export import read_manifest
 from app.bundle import ViewContents, build_bundle, bundle_labels, maps_arrays
 from app.images import upload_item
-from app.maps import run_model
+from analysis.compare_view import capture_view
 from app.sources import load_source
 from analysis.view_figures import attention_overlay, top_k_bars
 
@@ -28,7 +28,7 @@ def test_bundle_of_a_view(app_env: Path, tmp_path: Path) -> None:
     upload = buffer.getvalue()
     item = upload_item(upload)
     models = [load_source("vanilla"), load_source("refined")]
-    views = [run_model(m, item.image) for m in models]
+    views = [capture_view(m, item.image) for m in models]
     contents = ViewContents(settings={"layer_a": 2, "head": "mean", "query_a": 5})
     contents.figures["overlay-a"] = attention_overlay(views[0].picture, np.ones(views[0].grid), views[0].patch_size,
                                                       0.5, "overlay")
@@ -64,7 +64,7 @@ def test_refiner_analyze_remakes_an_app_bundle(app_env: Path, tmp_path: Path) ->
 
     item = upload_item(_png())
     models = [load_source("vanilla"), load_source("refined")]
-    views = [run_model(m, item.image) for m in models]
+    views = [capture_view(m, item.image) for m in models]
     path = tmp_path / "bundle.zip"
     path.write_bytes(build_bundle(ViewContents(settings={"map_kind": "effective", "head": "mean"}), models, views,
                                   item, formats=("html",)))
@@ -88,7 +88,7 @@ def test_bundle_rejects_unknown_formats(app_env: Path) -> None:
     models = [load_source("vanilla")]
     item = upload_item(_png())
     with pytest.raises(ValueError, match="formats"):
-        build_bundle(ViewContents(), models, [run_model(models[0], item.image)], item, formats=("gif",))
+        build_bundle(ViewContents(), models, [capture_view(models[0], item.image)], item, formats=("gif",))
 
 
 def test_maps_arrays_keys_are_per_model() -> None:
@@ -128,7 +128,7 @@ def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: P
 
     models = [load_source("vanilla"), load_source("refined")]
     item = sample_item("digit:3", canvas_key(models[0].data))
-    views = [run_model(m, item.image) for m in models]
+    views = [capture_view(m, item.image) for m in models]
     settings = CompareSettings(layer_a=3, layer_b=3, head="1", query_a=20, query_b=20, map_kind="softmax",
                                opacity=0.4, shared_scale=True)
     labels, names = bundle_labels(models), [m.info.class_names for m in models]
