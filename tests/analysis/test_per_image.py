@@ -90,4 +90,4 @@ def test_capture_view_is_the_capture_of_the_models_own_input(pair) -> None:
         np.testing.assert_allclose(view.softmax, rec.stacked("softmax")[0].numpy(), atol=1e-6)
         np.testing.assert_allclose(view.probs, logits.softmax(-1)[0].numpy(), atol=1e-6)
         assert view.has_softmax.all() and view.picture.shape == (32, 32, 3)
-        assert (view.softmax is view.effective) == (name == "vanilla")
+        assert np.shares_memory(view.softmax, view.effective) == (name == "vanilla")
