@@ -178,6 +178,7 @@ def _pretrained_cfg(config: Any, model_type: str, processor: Optional[Any], num_
     size = _size_field(_setting(processor, "size"))
     crop = _size_field(_setting(processor, "crop_size")) if _setting(processor, "do_center_crop") else {}
     channels = int(getattr(config, "num_channels", 3))
+    crop_mode = "center"
     if crop.get("height"):
         crop_hw = (int(crop["height"]), int(crop["width"] or crop["height"]))
         resized = size.get("shortest_edge") or size.get("height") or crop_hw[0]
@@ -186,8 +187,10 @@ def _pretrained_cfg(config: Any, model_type: str, processor: Optional[Any], num_
         crop_hw = (int(size.get("height") or size.get("shortest_edge") or _pair(config.image_size)[0]),
                    int(size.get("width") or size.get("shortest_edge") or _pair(config.image_size)[1]))
         crop_pct = 1.0
+        if size.get("height"):  # resized to exactly (height, width), aspect not kept: timm's "squash"
+            crop_mode = "squash"
     id2label = getattr(config, "id2label", None) or {}
     labels = [str(id2label[i]) for i in sorted(id2label)] if len(id2label) == num_classes else None
     return {"mean": mean, "std": std, "input_size": (channels, *crop_hw), "interpolation": interpolation,
-            "crop_pct": crop_pct, "crop_mode": "center", "num_classes": num_classes, "label_names": labels,
+            "crop_pct": crop_pct, "crop_mode": crop_mode, "num_classes": num_classes, "label_names": labels,
             "source": source}

@@ -248,6 +248,27 @@ def test_transformers_folders_round_trip(tmp_path: Path) -> None:
             torch.testing.assert_close(loaded.model(x), want, rtol=0, atol=1e-5)
 
 
+def test_transformers_vit_preprocessing_equals_its_image_processor(tmp_path: Path) -> None:
+    """ViTImageProcessor resizes to (height, width) without keeping the aspect: timm's "squash", not a centre
+    crop (which cut the sides of a landscape photo off)."""
+    transformers = pytest.importorskip("transformers")
+    import numpy as np
+    from PIL import Image
+
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=8)
+    folder = tmp_path / "vit"
+    transformers.ViTModel(config).save_pretrained(folder)
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
+    loaded = load_model(str(folder))
+    assert loaded.info.preprocessing.crop_mode == "squash"
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    want = torch.as_tensor(processor(photo, return_tensors="np")["pixel_values"][0])
+    # Pillow's bilinear in both; the processor rounds the resized image to uint8 as timm does.
+    assert (loaded.info.transform(photo) - want).abs().max().item() <= 2e-2
+
+
 def test_transformers_folder_of_another_family_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ModelSourceError, match="'bert'.*supported model types are vit"):
