@@ -116,7 +116,7 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image") -> Mod
     captured = run_with_capture(loaded.model, x[None])
     meta = captured.meta
     effective = captured.effective[0]
-    has_softmax = ~np.isnan(captured.softmax[0]).any(axis=(1, 2, 3))
+    has_softmax = captured.has_softmax
     softmax = captured.softmax[0]
     if not has_softmax.all():
         softmax = np.where(has_softmax[:, None, None, None], softmax, effective).astype(np.float32)

@@ -45,6 +45,8 @@ class CapturedBatch:
         logits: (B, num_classes) float32.
         block_outputs: per block, (B, N, D) float32 token representations.
         meta: geometry of the pass.
+        has_softmax: (L,) whether each block computes its own softmax map (known at capture, so nobody has to
+            scan the maps for NaN).
     """
 
     effective: Optional[np.ndarray]
@@ -52,6 +54,7 @@ class CapturedBatch:
     logits: np.ndarray
     block_outputs: List[torch.Tensor]
     meta: refiner.AttentionMeta
+    has_softmax: np.ndarray
 
     @property
     def map_bytes(self) -> int:
@@ -87,6 +90,7 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
         logits = model(images)
     skip = set(rec.meta.class_attention_layers)  # CaiT's CLS-only layers have another shape (see `stacked`)
     layers = [i for i, m in enumerate(rec.effective) if m is not None and i not in skip]
+    has_softmax = np.array([rec.softmax[i] is not None for i in layers])
     # A vanilla block's softmax map is its effective map (the capture records one tensor for both): one array.
     same = all(rec.softmax[i] is rec.effective[i] for i in layers)
     softmax = _release_into_array(rec.softmax, layers, rec.effective) if "softmax" in kinds else None
@@ -98,7 +102,7 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
     else:
         effective = _release_into_array(rec.effective, layers)
     return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
-                         block_outputs=list(outputs), meta=rec.meta)
+                         block_outputs=list(outputs), meta=rec.meta, has_softmax=has_softmax)
 
 
 def _release_into_array(maps: List[Optional[torch.Tensor]], layers: Sequence[int],
@@ -123,7 +127,7 @@ def metric_maps(batch: CapturedBatch, settings: MetricSettings) -> np.ndarray:
     maps = batch.effective if settings.map_kind == "effective" else batch.softmax
     if maps is None:
         raise ValueError(f"map_kind={settings.map_kind!r} but this batch was captured without those maps")
-    if settings.map_kind == "softmax" and np.isnan(maps).any():
+    if settings.map_kind == "softmax" and not batch.has_softmax.all():
         raise ValueError("map_kind='softmax' but some blocks compute no softmax map (official Refiner-ViT "
                          "shared blocks); use map_kind='effective'")
     return maps
