@@ -14,13 +14,14 @@ Intervals are percentile bootstrap intervals of the mean over images (95% by def
 Two models run on the same images are compared with a paired bootstrap of the per-image differences and a
 two-sided sign-flip permutation test of their mean (`scipy.stats.permutation_test`'s test, computed here as
 one matrix product per batch; see `sign_flip_p_value`). `bootstrap_interval`, `sign_flip_p_value` and
-`paired_comparison` are the whole statistics API, here in one module.
+`paired_comparison` are the whole statistics API, here in one module; `dataset_statistics` computes every
+interval a dataset's figures and tables show once, for both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -241,6 +242,19 @@ def _means_of_resampled_images(columns: np.ndarray) -> Callable[..., np.ndarray]
     return statistic
 
 
+def _per_image_columns(values: np.ndarray, what: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, ...) per-image values as float64, their (n, c) columns and which columns are finite in every image.
+
+    Raises:
+        ValueError: no images ("no images to <what>").
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] == 0:
+        raise ValueError(f"no images to {what}")
+    flat = values.reshape(values.shape[0], -1)
+    return values, flat, np.isfinite(flat).all(axis=0)
+
+
 def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
     """Mean over images and its percentile bootstrap interval (`scipy.stats.bootstrap`, method "percentile").
 
@@ -258,12 +272,8 @@ def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 20
     """
     from scipy import stats
 
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    if n == 0:
-        raise ValueError("no images to bootstrap")
-    flat = values.reshape(n, -1)
-    finite = np.isfinite(flat).all(axis=0)
+    values, flat, finite = _per_image_columns(values, "bootstrap")
+    n = flat.shape[0]
     mean = flat.mean(axis=0)
     low, high = mean.copy(), mean.copy()
     if n > 1 and finite.any():  # scipy needs two observations; one image has no spread to resample
@@ -321,12 +331,8 @@ def sign_flip_p_value(differences: np.ndarray, n_permutations: int = 5000, seed:
     Raises:
         ValueError: no images.
     """
-    differences = np.asarray(differences, dtype=np.float64)
-    n = differences.shape[0]
-    if n == 0:
-        raise ValueError("no images to test")
-    flat = differences.reshape(n, -1)
-    finite = np.isfinite(flat).all(axis=0)
+    differences, flat, finite = _per_image_columns(differences, "test")
+    n = flat.shape[0]
     columns = np.where(finite, flat, 0.0)
     observed = columns.mean(axis=0)
     tolerance = 100 * np.finfo(np.float64).eps * np.abs(observed)
@@ -432,11 +438,62 @@ class DatasetAnalysis:
         return self.correct[model] / self.images if model in self.correct and self.images else None
 
 
-BatchLike = Union[Sequence[torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class DatasetStatistics:
+    """Every interval and paired comparison that the figures and tables of one dataset analysis show, each
+    computed once (`dataset_statistics`) and read by both `analysis.figures.dataset_figures` and
+    `analysis.export.dataset_rows`.
+
+    Attributes:
+        keys: summary metrics with a per-image curve in every model, in `METRICS` order.
+        intervals: (model, metric) -> `Interval` of its per-layer curve.
+        comparisons: (metric, overall) -> `PairedComparison` b - a of the first two models, per layer
+            (overall False) or of the mean over layers (True); empty unless there are exactly two models.
+        level, n_boot, n_permutations, seed: what they were computed with.
+    """
+
+    keys: Tuple[str, ...]
+    intervals: Mapping[Tuple[str, str], Interval]
+    comparisons: Mapping[Tuple[str, bool], PairedComparison]
+    level: float
+    n_boot: int
+    n_permutations: int
+    seed: int
 
 
-def _unpack(batch: BatchLike) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(images, labels or None, boxes or None) from a tensor, (images, labels) or (images, labels, boxes)."""
+def dataset_statistics(analysis: DatasetAnalysis, level: float = 0.95, n_boot: int = 2000,
+                       n_permutations: int = 5000, seed: int = 0) -> DatasetStatistics:
+    """The bootstrap intervals of every (model, metric) and, for two models, the paired comparisons of every
+    metric (per layer and overall): one resampling per series.
+
+    Args:
+        analysis: from `analyze_dataset`.
+        level, n_boot, n_permutations, seed: as in `bootstrap_interval` / `paired_comparison`.
+    """
+    names = list(analysis.accumulators)
+    keys = tuple(k for k in METRICS if METRICS[k].summary and
+                 all(analysis.accumulators[n].curve_matrix(k).size for n in names))
+    intervals = {(n, k): analysis.interval(n, k, level, n_boot, seed) for n in names for k in keys}
+    comparisons: Dict[Tuple[str, bool], PairedComparison] = {}
+    if len(names) == 2:
+        for key in keys:
+            for overall in (False, True):
+                comparisons[(key, overall)] = analysis.compare(names[0], names[1], key, level, n_boot,
+                                                               n_permutations, seed, overall=overall)
+    return DatasetStatistics(keys=keys, intervals=intervals, comparisons=comparisons, level=level, n_boot=n_boot,
+                             n_permutations=n_permutations, seed=seed)
+
+
+Images = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+BatchLike = Union[Sequence[Any], torch.Tensor]
+
+
+def _unpack(batch: BatchLike) -> Tuple[Images, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(images, labels or None, boxes or None) from a tensor, (images, labels) or (images, labels, boxes).
+
+    ``images`` is one (B, C, H, W) tensor for every model, or a mapping model label -> (B, C, H, W) when each
+    model has its own input (`analysis.inputs.prepared_batches`).
+    """
     if isinstance(batch, torch.Tensor):
         return batch, None, None
     items = list(batch)
@@ -446,18 +503,31 @@ def _unpack(batch: BatchLike) -> Tuple[torch.Tensor, Optional[torch.Tensor], Opt
     return images, labels, boxes
 
 
+def _count(images: Images) -> int:
+    return int(next(iter(images.values())).shape[0]) if isinstance(images, Mapping) else int(images.shape[0])
+
+
+def _head(images: Images, count: int) -> Images:
+    """The first ``count`` images of a batch (of every model's tensor)."""
+    if isinstance(images, Mapping):
+        return {label: tensor[:count] for label, tensor in images.items()}
+    return images[:count]
+
+
 def analyze_dataset(models: Mapping[str, nn.Module], batches: Iterable[BatchLike],
                     settings: MetricSettings = MetricSettings(),
                     preprocess: Union[None, Preprocess, Mapping[str, Preprocess]] = None,
                     max_images: Optional[int] = None, progress: bool = False, total: Optional[int] = None,
                     reduce: bool = True, use_boxes: bool = True,
-                    map_budget_bytes: int = DEFAULT_MAP_BUDGET_BYTES) -> DatasetAnalysis:
+                    map_budget_bytes: int = DEFAULT_MAP_BUDGET_BYTES,
+                    on_progress: Optional[Callable[[int], None]] = None) -> DatasetAnalysis:
     """Run every model over a stream of batches and accumulate every summary metric.
 
     Args:
         models: label -> model (eval mode).
         batches: iterable of ``images`` (B, C, H, W), ``(images, labels)`` or ``(images, labels, boxes)`` (a
-            DataLoader over a `refiner.data` dataset works as is). Boxes are (B, 4) input pixels.
+            DataLoader over a `refiner.data` dataset works as is). Boxes are (B, 4) input pixels. ``images`` may
+            also map each model label to its own (B, C, H, W) input (`analysis.inputs.prepared_batches`).
         settings: metric settings.
         preprocess: applied to each batch before a model sees it: one callable for all models, or one per
             model label (e.g. input normalisation from each checkpoint's config).
@@ -468,6 +538,8 @@ def analyze_dataset(models: Mapping[str, nn.Module], batches: Iterable[BatchLike
         use_boxes: add the localisation metrics when the batches carry boxes.
         map_budget_bytes: the most bytes of captured maps held at once; a batch whose maps would take more
             runs in smaller chunks (the statistics do not depend on it).
+        on_progress: called with the number of images done after each batch (the app's progress bar; it
+            runs in the caller's thread, between batches).
 
     Returns:
         `DatasetAnalysis`.
@@ -488,13 +560,14 @@ def analyze_dataset(models: Mapping[str, nn.Module], batches: Iterable[BatchLike
                 remaining = max_images - result.images
                 if remaining <= 0:
                     break
-                images = images[:remaining]
+                images = _head(images, remaining)
                 labels = None if labels is None else labels[:remaining]
                 boxes = None if boxes is None else boxes[:remaining]
             features: Dict[str, List[np.ndarray]] = {}
             for name in names:
                 prep = preprocess.get(name) if isinstance(preprocess, Mapping) else preprocess
-                pooled = _accumulate_batch(models[name], prep(images) if prep is not None else images, labels,
+                own = images[name] if isinstance(images, Mapping) else images
+                pooled = _accumulate_batch(models[name], prep(own) if prep is not None else own, labels,
                                            boxes if use_boxes else None, settings, name, result, chunks,
                                            map_budget_bytes)
                 if pooled is not None:
@@ -510,8 +583,10 @@ def analyze_dataset(models: Mapping[str, nn.Module], batches: Iterable[BatchLike
                         key = pair_key(a, b)
                         across.setdefault(key, MinibatchCKA(len(features[a]), len(features[b])))
                         across[key].update(features[a], features[b])
-            result.images += images.shape[0]
-            bar.update(images.shape[0])
+            result.images += _count(images)
+            bar.update(_count(images))
+            if on_progress is not None:
+                on_progress(result.images)
     finally:
         bar.close()
     if reduce:

@@ -29,13 +29,14 @@ import torch
 from refiner.hashing import state_dict_sha256  # noqa: F401  (re-exported: manifests name weights by it)
 
 from .attention_metrics import METRICS, rollout_map
-from .dataset import DatasetAnalysis
+from .dataset import DatasetAnalysis, DatasetStatistics
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
 from .similarity import relative_depth
 
 PathLike = Union[str, os.PathLike]
 STATIC_FORMATS = ("png", "svg", "pdf")
-FIGURE_FORMATS = STATIC_FORMATS + ("html",)
+# "json" is the plotly figure spec (`plotly.io.read_json` reads it back): the figure itself, not a picture of it.
+FIGURE_FORMATS = STATIC_FORMATS + ("html", "json")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 
@@ -83,7 +84,7 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", scale: float = 2.0) -> bytes:
 
     Args:
         fig: a plotly figure.
-        fmt: "png", "svg", "pdf" or "html" (standalone, plotly.js embedded).
+        fmt: "png", "svg", "pdf", "html" (standalone, plotly.js embedded) or "json" (the plotly figure spec).
         scale: pixel-density multiplier for PNG (2 = twice the layout's width and height in pixels).
 
     Returns:
@@ -95,6 +96,8 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", scale: float = 2.0) -> bytes:
     fmt = _check_format(fmt)
     if fmt == "html":
         return fig.to_html(include_plotlyjs=True, full_html=True).encode("utf-8")
+    if fmt == "json":
+        return figure_json(fig)
     if browser_path() is None:
         raise ExportError(NO_BROWSER_MESSAGE)
     try:
@@ -102,6 +105,11 @@ def figure_bytes(fig: go.Figure, fmt: str = "png", scale: float = 2.0) -> bytes:
                             height=fig.layout.height)
     except Exception as error:  # kaleido/choreographer raise several types when the browser cannot start
         raise ExportError(f"kaleido could not render {fmt.upper()}: {error}. {NO_BROWSER_MESSAGE}") from error
+
+
+def figure_json(fig: go.Figure) -> bytes:
+    """The plotly figure spec as JSON bytes (keys sorted, so equal figures give equal files)."""
+    return (json.dumps(json.loads(fig.to_json()), sort_keys=True) + "\n").encode("utf-8")
 
 
 def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats: Sequence[str] = ("png", "svg",
@@ -112,7 +120,7 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
         figures: file stem -> figure; a stem may contain "/" to write into sub-folders (all figures of a run
             then share one browser session).
         directory: output folder (created).
-        formats: subset of "png", "svg", "pdf", "html".
+        formats: subset of "png", "svg", "pdf", "html", "json".
         scale: PNG scale.
         shared_plotlyjs: write plotly.js once as ``<directory>/plotly.min.js`` and let every HTML file load it
             by relative path (still offline; about 4.5 MB saved per figure). False embeds it in every file.
@@ -142,6 +150,11 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
             path = directory / f"{stem}.html"
             include = Path(os.path.relpath(script, path.parent)).as_posix() if shared_plotlyjs else True
             fig.write_html(path, include_plotlyjs=include, full_html=True)
+            written.append(path)
+    if "json" in formats:
+        for stem, fig in figures.items():
+            path = directory / f"{stem}.json"
+            path.write_bytes(figure_json(fig))
             written.append(path)
     static = [(stem, fig, fmt) for fmt in formats if fmt in STATIC_FORMATS for stem, fig in figures.items()]
     if static:
@@ -216,10 +229,13 @@ def image_metrics_rows(result: ImageAnalysis, include_maps: bool = False) -> Lis
     return rows
 
 
-def dataset_rows(analysis: DatasetAnalysis, level: float = 0.95, n_boot: int = 2000, n_permutations: int = 5000,
-                 seed: int = 0) -> List[Dict[str, Any]]:
+def dataset_rows(analysis: DatasetAnalysis, statistics: DatasetStatistics) -> List[Dict[str, Any]]:
     """Per model, metric and layer: dataset mean with bootstrap interval; for two models also the paired
     difference (b - a) with its interval and permutation p-value, per layer and overall.
+
+    Args:
+        analysis: from `analysis.dataset.analyze_dataset`.
+        statistics: its intervals (`analysis.dataset.dataset_statistics`, shared with the figures).
 
     Returns:
         Long-format rows (model, metric, layer, relative_depth, mean, ci_low, ci_high, n, and for paired rows
@@ -227,11 +243,10 @@ def dataset_rows(analysis: DatasetAnalysis, level: float = 0.95, n_boot: int = 2
     """
     rows: List[Dict[str, Any]] = []
     names = list(analysis.accumulators)
-    keys = [k for k in METRICS if METRICS[k].summary and all(analysis.accumulators[n].curve_matrix(k).size
-                                                               for n in names)]
+    level = statistics.level
     for name in names:
-        for key in keys:
-            interval = analysis.interval(name, key, level, n_boot, seed)
+        for key in statistics.keys:
+            interval = statistics.intervals[(name, key)]
             depth = relative_depth(len(interval.mean)) if METRICS[key].axes else np.ones(1)
             for i in range(len(interval.mean)):
                 rows.append({"model": name, "metric": key, "layer": i + 1 if METRICS[key].axes else None,
@@ -242,11 +257,11 @@ def dataset_rows(analysis: DatasetAnalysis, level: float = 0.95, n_boot: int = 2
             rows.append({"model": name, "metric": "accuracy", "layer": None, "relative_depth": None,
                          "mean": analysis.accuracy(name), "ci_low": None, "ci_high": None, "n": analysis.images,
                          "level": None})
-    if len(names) == 2:
+    if statistics.comparisons:
         a, b = names
-        for key in keys:
+        for key in statistics.keys:
             for overall in (False, True):
-                comparison = analysis.compare(a, b, key, level, n_boot, n_permutations, seed, overall=overall)
+                comparison = statistics.comparisons[(key, overall)]
                 diff = comparison.difference
                 depth = relative_depth(len(diff.mean))
                 for i in range(len(diff.mean)):

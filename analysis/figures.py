@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from .attention_metrics import METRICS, rollout_map
 from .colorscales import rgb_colorscale
-from .dataset import DatasetAnalysis, Interval, PairedComparison
+from .dataset import DatasetAnalysis, DatasetStatistics, Interval, PairedComparison
 from .head_diversity import HeadEmbedding
 from .per_image import ImageAnalysis, PAIR_SEPARATOR
 from .similarity import relative_depth
@@ -426,8 +426,12 @@ DATASET_CURVE_KEYS = ("similarity", "adjacent_similarity", "head_diversity", "he
                       "negative_fraction", "cls_in_box")
 
 
-def dataset_figures(analysis: DatasetAnalysis, n_boot: int = 2000, seed: int = 0) -> Dict[str, go.Figure]:
+def dataset_figures(analysis: DatasetAnalysis, statistics: DatasetStatistics) -> Dict[str, go.Figure]:
     """Dataset curves with 95% bands for every summary metric, mean similarity heatmaps, CKA, paired plots.
+
+    Args:
+        analysis: from `analysis.dataset.analyze_dataset`.
+        statistics: its intervals (`analysis.dataset.dataset_statistics`, shared with the tables).
 
     Returns:
         name -> figure.
@@ -438,9 +442,9 @@ def dataset_figures(analysis: DatasetAnalysis, n_boot: int = 2000, seed: int = 0
                                                       title="Cross-layer attention similarity (dataset mean)")
     figs["mean_distance"] = mean_distance_figure({n: analysis.accumulators[n].mean("distance_px") for n in names})
     for key in DATASET_CURVE_KEYS:
-        if not all(analysis.accumulators[n].curve_matrix(key).size for n in names):
+        if key not in statistics.keys:
             continue
-        intervals = {n: analysis.interval(n, key, n_boot=n_boot, seed=seed) for n in names}
+        intervals = {n: statistics.intervals[(n, key)] for n in names}
         label = METRICS[key].label
         if key == "similarity":
             label = "mean similarity with the other layers"
@@ -454,10 +458,10 @@ def dataset_figures(analysis: DatasetAnalysis, n_boot: int = 2000, seed: int = 0
                                               intervals)
     if analysis.cka:
         figs["cka"] = cka_grid(analysis.cka, "Linear CKA between layers (minibatch, CLS token)")
-    if len(names) == 2:
+    if statistics.comparisons:
         for key in ("head_diversity", "similarity", "distance_px", "patch_entropy", "grid_mass"):
-            if all(analysis.accumulators[n].curve_matrix(key).size for n in names):
-                comparison = analysis.compare(names[0], names[1], key, n_boot=n_boot, seed=seed)
+            if key in statistics.keys:
+                comparison = statistics.comparisons[(key, False)]
                 figs[f"paired_{key}"] = paired_difference_figure(
                     comparison, f"{names[1]} minus {names[0]}: {METRICS[key].label}", "difference (b - a)")
     return figs

@@ -106,3 +106,21 @@ def check_models(records: Mapping[str, Mapping[str, Any]], manifest: Mapping[str
                                 f"{str(record[key])[:12]} != {str(want[key])[:12]} recorded)")
     if problems:
         raise ManifestMismatch("; ".join(problems) + "; the figures would not be the same")
+
+
+def check_boxes(items: Sequence[Any], manifest: Mapping[str, Any]) -> None:
+    """Refuse a re-run whose --boxes give other boxes than the manifest recorded (the figures would differ).
+
+    Args:
+        items: `analysis.inputs.PreparedImage` s of the re-run (``record`` has ``path`` and ``box_input_pixels``).
+        manifest: the manifest.
+
+    Raises:
+        ManifestMismatch: naming the images whose boxes changed.
+    """
+    recorded = {r.get("path"): r.get("box_input_pixels") for r in manifest.get("images", []) if isinstance(r, dict)}
+    changed = [Path(i.record["path"]).name for i in items
+               if i.record["path"] in recorded and recorded[i.record["path"]] != i.record["box_input_pixels"]]
+    if changed:
+        raise ManifestMismatch(f"the boxes of {', '.join(changed)} differ from those the manifest recorded "
+                               "(--boxes changed); the figures would not be the same")

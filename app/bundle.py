@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 
 from analysis import export
 from analysis.compare_view import ModelView
+from analysis.model_records import model_record, unique_labels
 from refiner import LoadedModel
 from refiner.hashing import sha256_hex
 
@@ -54,33 +55,18 @@ def table_rows(table: pd.DataFrame) -> List[Dict[str, Any]]:
 
 
 def bundle_labels(models: Sequence[LoadedModel]) -> List[str]:
-    """Model labels for the manifest, the tables and the NPZ arrays: the models' own labels, or with the slot
-    letter in front ("A-x", "B-x") when both slots hold models of the same label, so that names stay unique
-    (``refiner analyze --manifest`` finds each model's ``<label>/input`` in the NPZ by these labels)."""
-    labels = [m.label for m in models]
-    if len(set(labels)) == len(labels):
-        return labels
-    return [f"{'AB'[i]}-{label}" for i, label in enumerate(labels)]
+    """Model labels for the manifest, the tables and the NPZ arrays: `analysis.model_records.unique_labels` of
+    the models' own labels ("A-x", "B-x" when both slots hold models of the same label), as ``refiner analyze``
+    names its models (``--manifest`` finds each model's ``<label>/input`` in the NPZ by these labels)."""
+    return unique_labels([m.label for m in models])
 
 
-def model_record(slot: str, model: LoadedModel, label: str) -> Dict[str, Any]:
-    """What the manifest says about one model slot (the fields `refiner analyze` records, plus the slot).
-
-    ``source`` is the checkpoint directory as an absolute path (or the ``timm:`` name), so that
-    ``refiner analyze --manifest`` loads the same weights wherever the app's checkpoint root was;
-    ``app_source`` is the app's own short name for it (as in the page URL).
-    """
-    info = model.info
-    path = source_path(info.source)
-    arch, at, _ = info.source.partition("@")
-    resolved = str(path.resolve()) if path is not None else info.source
-    if path is not None and at and arch and "/" not in arch:
-        resolved = f"{arch}@{resolved}"  # a weights file keeps its architecture
-    return {"label": label, "slot": slot, "app_source": info.source, "source": resolved, "kind": info.kind,
-            "architecture": info.name, "model_spec": info.config.get("model"),
-            "weights_sha256": info.weights_sha256 or None,
-            "state_sha256": export.state_dict_sha256(model.model), "num_params": info.num_params,
-            "preprocessing": {k: v for k, v in info.data.items() if k != "class_names"}}
+def slot_record(slot: str, model: LoadedModel, label: str) -> Dict[str, Any]:
+    """What the manifest says about one model slot: `analysis.model_records.model_record` (what ``refiner
+    analyze`` records, with ``source`` an absolute path wherever the app's checkpoint root was), plus the slot
+    and ``app_source``, the app's own short name for it (as in the page URL)."""
+    return {**model_record(model, label, source_path(model.info.source)), "slot": slot,
+            "app_source": model.info.source}
 
 
 def image_record(item: ImageItem, views: Sequence[ModelView], labels: Sequence[str]) -> Dict[str, Any]:
@@ -162,7 +148,7 @@ def build_bundle(contents: ViewContents, models: Sequence[LoadedModel], views: S
             files[f"tables/{stem}.json"] = export.table_json(rows)
         files["maps/maps.npz"] = npz_bytes(maps_arrays(labels, views))
         manifest = export.build_manifest(
-            [model_record(slot, m, label) for slot, m, label in zip(slots, models, labels)],
+            [slot_record(slot, m, label) for slot, m, label in zip(slots, models, labels)],
             [image_record(item, views, labels)],
             {label: {k: v for k, v in m.data.items() if k != "class_names"} for label, m in zip(labels, models)},
             contents.settings, files=list(files), extra={"made_by": "refiner app", **dict(extra or {})})

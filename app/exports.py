@@ -8,7 +8,7 @@ callable), so drawing a page never pays for static image rendering, and clicking
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,8 @@ from analysis import export
 
 from .bundle import BUNDLE_FORMATS, DEFAULT_BUNDLE_FORMATS, npz_bytes, table_rows
 
-FIGURE_MIMES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html"}
+FIGURE_MIMES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "html": "text/html",
+                "json": "application/json"}  # json: the plotly figure spec (`refiner analyze --formats json`)
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,7 +46,7 @@ def _or_message(make: Callable[[], bytes], what: str) -> Callable[[], bytes]:
 
 
 def figure_exports(fig: go.Figure, name: str, key: str) -> None:
-    """Download buttons for one figure in a popover: PNG (scale chosen there), SVG, PDF, HTML."""
+    """Download buttons for one figure in a popover: PNG (scale chosen there), SVG, PDF, HTML, JSON."""
     with st.popover("Export figure", icon=":material/download:"):
         scale = st.select_slider("PNG scale", options=[1, 2, 3, 4], value=2, key=f"{key}-scale")
         static = static_export_available()
@@ -60,12 +61,20 @@ def figure_exports(fig: go.Figure, name: str, key: str) -> None:
                 disabled=fmt in export.STATIC_FORMATS and not static)
 
 
-def table_exports(table: pd.DataFrame, name: str, key: str) -> None:
-    """CSV and JSON download buttons for a table (`analysis.export.table_csv` / ``table_json``)."""
+def table_exports(table: Union[pd.DataFrame, Sequence[Mapping[str, Any]]], name: str, key: str) -> None:
+    """CSV and JSON download buttons for a table (`analysis.export.table_csv` / ``table_json``).
+
+    Args:
+        table: a DataFrame, or the rows themselves as ``analysis.export`` made them (exported unchanged, so
+            the file equals the one ``refiner analyze`` writes from the same rows).
+        name: file name without extension.
+        key: widget key prefix.
+    """
+    rows = table_rows(table) if isinstance(table, pd.DataFrame) else list(table)
     left, right = st.columns(2)
-    left.download_button("CSV", data=lambda: export.table_csv(table_rows(table)).encode("utf-8"),
+    left.download_button("CSV", data=lambda: export.table_csv(rows).encode("utf-8"),
                          file_name=f"{name}.csv", mime="text/csv", key=f"{key}-csv", on_click="ignore")
-    right.download_button("JSON", data=lambda: export.table_json(table_rows(table)).encode("utf-8"),
+    right.download_button("JSON", data=lambda: export.table_json(rows).encode("utf-8"),
                           file_name=f"{name}.json", mime="application/json", key=f"{key}-json", on_click="ignore")
 
 

@@ -6,12 +6,9 @@ that say nothing about the photo). No Streamlit here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
-
-from PIL import Image
+from typing import List, Optional, Sequence
 
 from refiner import LoadedModel, ModelInfo
-from refiner.image_input import small_image_note
 
 from .images import ImageItem
 
@@ -91,16 +88,3 @@ def model_notes(model: LoadedModel, item: Optional[ImageItem]) -> List[Note]:
     if warning:
         notes.append(Note(warning, warning=True))
     return notes
-
-
-def enlarged_notes(models: Sequence[Optional[LoadedModel]], image: Image.Image) -> List[str]:
-    """Notes for a picture smaller than one patch of model A and/or B (`refiner.image_input.small_image_note`,
-    the one rule for tiny images), one per distinct note with the slots it applies to ("A and B: ...")."""
-    by_text: Dict[str, List[str]] = {}
-    for slot, model in enumerate(models):
-        if model is None:
-            continue
-        note = small_image_note(image.size, model.info.patch_size, model.info.input_size[1:])
-        if note:
-            by_text.setdefault(note, []).append("AB"[slot])
-    return [f"{' and '.join(slots)}: {text[0].upper()}{text[1:]}." for text, slots in by_text.items()]

@@ -12,13 +12,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import streamlit as st
 
 from analysis.compare_view import ModelView, token_label
+from analysis.inputs import enlarged_notes
 from analysis.similarity import align_layers
 from refiner import LoadedModel, ModelSourceError
 from refiner.image_input import ACCEPTED_EXTENSIONS, ImageInputError
 
 from . import cached
 from .images import ImageItem, canvas_key, describe_key, sample_keys, test_canvas_count, upload_key
-from .model_info import enlarged_notes
 from .selection import (COMPARE_TABS, DEFAULT_OPACITY, MAP_KINDS, ROLLOUT_FUSIONS, Selection, head_value, parse_choice,
                         parse_flag, parse_head, parse_int, parse_opacity, parse_tab, url_changes)
 from .sources import DEFAULT_PAIR, missing_default_message, shipped_sources
@@ -197,7 +197,8 @@ def render_sidebar() -> Context:
     item = cached.get_upload(item_upload) if item_upload is not None else cached.get_sample(img, canvas)
     if item.notes:
         sidebar.caption("Upload: " + "; ".join(item.notes))
-    for note in enlarged_notes(models, item.image):  # tiny images are enlarged, never refused (one rule)
+    # Tiny images are enlarged, never refused (one rule); the notes name the slots they apply to.
+    for note in enlarged_notes({"AB"[i]: m.info for i, m in enumerate(models) if m is not None}, item.image.size):
         sidebar.warning(note)
 
     layer, head, query = 1, "mean", 0

@@ -32,7 +32,7 @@ def _load_pair(vanilla: str, refined: str):
     import torch
 
     import refiner
-    from analysis.cli_analyze import load_model
+    from analysis.model_records import load_model
 
     if Path(vanilla).exists() and Path(refined).exists():
         return [load_model(f"vanilla={vanilla}"), load_model(f"refined={refined}")], "checkpoints"
@@ -50,14 +50,15 @@ def child(args: argparse.Namespace) -> Dict[str, object]:
 
     torch.set_num_threads(args.threads)
     from analysis.attention_metrics import MetricSettings
-    from analysis.cli_analyze import LoadedModel, _normaliser, build_eval_dataset
+    from analysis.inputs import build_eval_dataset, dataset_preprocess
+    from refiner import LoadedModel
     from analysis.dataset import analyze_dataset
 
     pair, source = _load_pair(args.vanilla, args.refined)
     if isinstance(pair[0], LoadedModel):
         models = {m.label: m.model for m in pair}
-        preprocess = {m.label: _normaliser(m.data) for m in pair}
         dataset, _info, _options = build_eval_dataset("cluttered-mnist", "test", None, pair)
+        preprocess = {m.label: dataset_preprocess(m, tuple(dataset[0][0].shape)) for m in pair}
     else:
         from refiner.data import build_dataset, canvas_options_for
 

@@ -18,16 +18,15 @@ Everything else (``patch_embed.conv1``..``bn3``, ``patch_embed.proj``, ``cls_tok
 ``qkv``/``proj`` of normal blocks, ``mlp.fc1/fc2``, ``norm``, ``head``, ``aux_head``) keeps its name.
 
 Files are read with ``torch.load(..., weights_only=True)`` only, so loading never runs code from the file.
-The command ``refiner convert-official PATH [--out DIR]`` writes one of our checkpoint directories.
+`convert_to_checkpoint` (the command ``refiner convert-official PATH [--out DIR]``) writes one of our checkpoint
+directories.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -60,6 +59,7 @@ _SHARED_RENAMES: Tuple[Tuple[str, str], ...] = (
 _BLOCK_RENAMES: Tuple[Tuple[str, str], ...] = (("mlp.scale_channel", "mlp.gain"),)
 _BN_COUNTER = "num_batches_tracked"
 _VARIANT_ALIASES = {"s": "refiner_vit_s", "m": "refiner_vit_m", "l": "refiner_vit_l"}
+VARIANT_CHOICES = tuple(sorted(_VARIANT_ALIASES))  # what `refiner convert-official --variant` takes
 
 
 def _rename_block_suffix(index: int, suffix: str, renames_to_ours: bool) -> str:
@@ -323,41 +323,34 @@ def _extra(model: OfficialRefinerViT, source: Path) -> Dict[str, Any]:
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``refiner convert-official``."""
-    parser.add_argument("path", type=Path, help="released Refiner-ViT checkpoint (.pth), downloaded by you")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="checkpoint directory to write (default: next to PATH, named after it)")
-    parser.add_argument("--variant", choices=sorted(_VARIANT_ALIASES), default=None,
-                        help="model size (default: inferred from the weights' shapes)")
-    parser.add_argument("--img-size", type=int, default=None,
-                        help="input size to build for (default: the size the weights were trained at; another "
-                             "size resamples the position embedding)")
-    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+def convert_to_checkpoint(path: PathLike, out: Optional[PathLike] = None, variant: Optional[str] = None,
+                          img_size: Optional[int] = None, force: bool = False) -> Tuple[OfficialRefinerViT, Path]:
+    """Convert a released Refiner-ViT ``.pth`` and write it as one of our checkpoint directories.
 
+    Args:
+        path: the released checkpoint.
+        out: the directory to write (default: next to ``path``, named after it).
+        variant: model size (default: inferred from the weights' shapes).
+        img_size: input size to build for (default: the size the weights were trained at).
+        force: replace a checkpoint of ours already at ``out``.
 
-def run(args: argparse.Namespace) -> int:
-    """Convert ``args.path`` and write one of our checkpoint directories; returns the exit status."""
+    Returns:
+        The model and the directory written.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not a checkpoint of ours, or is one and ``force`` is not set.
+        FileNotFoundError, ValueError: the file cannot be read or converted (nothing is written).
+    """
     from .checkpoint import CONFIG_FILE, save_checkpoint
 
-    out: Path = args.out if args.out is not None else _default_output(args.path)
-    if out.exists():
+    path = Path(path)
+    target = Path(out) if out is not None else _default_output(path)
+    if target.exists():
         # save_checkpoint replaces a directory as a whole: never let that hit something that is not ours.
-        if not (out / CONFIG_FILE).is_file():
-            print(f"error: {out} exists and is not a refiner checkpoint; choose another --out", file=sys.stderr)
-            return 2
-        if not args.force:
-            print(f"error: {out} already holds a checkpoint; pass --force to replace it", file=sys.stderr)
-            return 2
-    try:
-        model = load_official_checkpoint(args.path, variant=args.variant, img_size=args.img_size)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    save_checkpoint(model, out, metrics={}, extra=_extra(model, Path(args.path)))
-    config = model.config
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{model.model_spec['name']} at {config.img_size[0]}x{config.img_size[1]} px, {config.num_classes} classes"
-          f"{', auxiliary head' if config.aux_head else ''}, {params:,} parameters -> {out}")
-    print(f"load it with refiner.load_checkpoint({str(out)!r})")
-    return 0
+        if not (target / CONFIG_FILE).is_file():
+            raise FileExistsError(f"{target} exists and is not a refiner checkpoint; choose another --out")
+        if not force:
+            raise FileExistsError(f"{target} already holds a checkpoint; pass --force to replace it")
+    model = load_official_checkpoint(path, variant=variant, img_size=img_size)
+    save_checkpoint(model, target, metrics={}, extra=_extra(model, path))
+    return model, target

@@ -1,9 +1,11 @@
 """The `refiner` command line (DESIGN section 7).
 
 It sits above the three packages (refiner -> analysis -> app), so that `refiner analyze` and `refiner app`
-exist without `refiner` importing `analysis` or `app`. Each subcommand lives in the module that owns the
-work and exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when used, so
-``refiner --help`` stays fast.
+exist without `refiner` importing `analysis` or `app`. It only parses arguments: each subcommand is one module
+here (``<name>_command.py``) exposing ``add_arguments(parser)`` and ``run(args) -> int``, which turns the
+``argparse.Namespace`` into plain typed calls of the library function that does the work and prints its
+messages. No argparse or Namespace is seen below this package. A subcommand's module is imported only when
+used, so ``refiner --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Dict, List, Optional, Tuple
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "train": ("refiner.training.train_command", "train a model from a YAML config (works under torchrun)"),
-    "eval": ("refiner.training.eval_command", "evaluate a checkpoint on a dataset"),
-    "analyze": ("analysis.cli_analyze", "attention analysis of one or two models; figures, tables, bundle"),
-    "convert-official": ("refiner.convert_official", "convert a released Refiner-ViT .pth into our checkpoint"),
-    "app": ("app.launch", "start the Streamlit app"),
+    "train": ("refiner_cli.train_command", "train a model from a YAML config (works under torchrun)"),
+    "eval": ("refiner_cli.eval_command", "evaluate a checkpoint on a dataset"),
+    "analyze": ("refiner_cli.analyze_command", "attention analysis of one or two models; figures, tables, bundle"),
+    "convert-official": ("refiner_cli.convert_command", "convert a released Refiner-ViT .pth into our checkpoint"),
+    "app": ("refiner_cli.app_command", "start the Streamlit app"),
     "models": ("refiner_cli.models_command", "list the registered model names"),
 }
 

@@ -217,3 +217,44 @@ def test_dataset_cka_of_tuple_returning_blocks_and_models_without_a_class_token(
     assert result.images == 4 and {"official", "registers"} <= set(result.cka)
     np.testing.assert_allclose(np.diagonal(result.cka["registers"]), 1.0)
     assert "cls_entropy" not in result.accumulators["registers"].sums
+
+
+def test_each_interval_is_computed_once_for_the_figures_and_the_tables(monkeypatch) -> None:
+    """Issue 10: the figures and the tables read one `dataset_statistics` (it was 111 bootstrap calls on a 16-image
+    run, about 29 of them repeated): one bootstrap per (model, metric) and per paired series (per layer, overall)."""
+    import analysis.dataset as dataset
+    from analysis.export import dataset_rows
+    from analysis.figures import dataset_figures
+
+    torch.manual_seed(0)
+    models = {"vanilla": refiner.create_model("vit_micro_patch4_32").eval(),
+              "refined": refiner.create_model("refined_vit_micro_patch4_32").eval()}
+    batches = [(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.tensor([[0, 0, 16, 16]] * 4))]
+    analysis = analyze_dataset(models, batches, MetricSettings())
+    calls: list = []
+    real = dataset.bootstrap_interval
+    monkeypatch.setattr(dataset, "bootstrap_interval", lambda values, *a, **k: calls.append(1) or real(values, *a, **k))
+    statistics = dataset.dataset_statistics(analysis, n_boot=50, n_permutations=50)
+    figures, rows = dataset_figures(analysis, statistics), dataset_rows(analysis, statistics)
+    keys = statistics.keys
+    assert len(keys) >= 10 and "localisation" in figures and "paired_head_diversity" in figures
+    series = len(models) * len(keys) + 2 * len(keys)  # every (model, metric), and b - a per layer and overall
+    assert len(calls) == series
+    # The table and the figure show the same interval.
+    row = next(r for r in rows if r["model"] == "refined" and r["metric"] == "head_diversity" and r["layer"] == 2)
+    band = statistics.intervals[("refined", "head_diversity")]
+    assert (row["mean"], row["ci_low"], row["ci_high"]) == (band.mean[1], band.low[1], band.high[1])
+
+
+def test_per_model_inputs_and_progress_callback() -> None:
+    """A batch may map each model to its own input (models of different input size); on_progress counts images."""
+    torch.manual_seed(0)
+    models = {"small": refiner.create_model("vit_micro_patch4_32").eval(),
+              "grey": refiner.create_model("vit_mini_patch6_48", in_chans=1).eval()}
+    batches = [({"small": torch.rand(1, 3, 32, 32), "grey": torch.rand(1, 1, 48, 48)}, None, None)
+               for _ in range(3)]
+    done: list = []
+    result = analyze_dataset(models, batches, MetricSettings(), on_progress=done.append, max_images=2)
+    assert done == [1, 2] and result.images == 2
+    assert result.accumulators["grey"].curve_matrix("head_diversity").shape[0] == 2
+    assert result.depths["small"] == 4

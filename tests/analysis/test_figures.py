@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import refiner
-from analysis.dataset import analyze_dataset
+from analysis.dataset import analyze_dataset, dataset_statistics
 from analysis.figures import (OKABE_ITO, dataset_figures, figure_colorscales, image_figures, overlay_figure,
                               similarity_heatmaps)
 from analysis.per_image import analyze_image
@@ -56,7 +56,8 @@ def test_overlay_accepts_grid_and_pixel_maps() -> None:
 def test_dataset_figures_have_interval_bands(pair) -> None:
     batches = [(torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,)), torch.tensor([[0, 0, 16, 16]] * 4))
                for _ in range(2)]
-    figs = dataset_figures(analyze_dataset(pair, batches), n_boot=100)
+    analysis = analyze_dataset(pair, batches)
+    figs = dataset_figures(analysis, dataset_statistics(analysis, n_boot=100))
     curve = figs["dataset_head_diversity"]
     assert sum(t.fill == "toself" for t in curve.data) == 2  # one band per model
     assert {"similarity_heatmaps", "cka", "localisation", "paired_head_diversity"} <= set(figs)

@@ -58,9 +58,7 @@ def test_bundle_of_a_view(app_env: Path, tmp_path: Path) -> None:
 
 def test_refiner_analyze_remakes_an_app_bundle(app_env: Path, tmp_path: Path) -> None:
     """The bundle is enough for ``refiner analyze --manifest`` (DESIGN section 6): same models, same input."""
-    import argparse
-
-    from analysis import cli_analyze
+    from refiner_cli import main
 
     item = upload_item(_png())
     models = [load_source("vanilla"), load_source("refined")]
@@ -68,11 +66,8 @@ def test_refiner_analyze_remakes_an_app_bundle(app_env: Path, tmp_path: Path) ->
     path = tmp_path / "bundle.zip"
     path.write_bytes(build_bundle(ViewContents(settings={"map_kind": "effective", "head": "mean"}), models, views,
                                   item, formats=("html",)))
-    parser = argparse.ArgumentParser()
-    cli_analyze.add_arguments(parser)
     out = tmp_path / "remade"
-    args = parser.parse_args(["--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"])
-    assert cli_analyze.run(args) == 0
+    assert main(["analyze", "--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"]) == 0
     remade = json.loads((out / "manifest.json").read_text())
     assert [m["label"] for m in remade["models"]] == ["vanilla", "refined"]
     assert any(p.suffix == ".html" for p in (out / "figures").rglob("*"))
@@ -119,12 +114,11 @@ def _png() -> bytes:
 def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: Path, tmp_path: Path) -> None:
     """Issue 11 bug 7: ``--manifest`` of a Compare bundle writes the view's own figures, byte for byte the same
     files as the bundle's (apart from plotly's random element ids), and counts the image it analysed."""
-    import argparse
     import re
 
-    from analysis import cli_analyze
     from analysis.compare_view import CompareSettings, compare_figures, compare_tables
     from app.images import canvas_key, sample_item
+    from refiner_cli import main
 
     models = [load_source("vanilla"), load_source("refined")]
     item = sample_item("digit:3", canvas_key(models[0].data))
@@ -139,11 +133,8 @@ def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: P
             "difference-a-b"} <= set(contents.figures)
     path = tmp_path / "bundle.zip"
     path.write_bytes(build_bundle(contents, models, views, item, formats=("html",)))
-    parser = argparse.ArgumentParser()
-    cli_analyze.add_arguments(parser)
     out = tmp_path / "remade"
-    args = parser.parse_args(["--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"])
-    assert cli_analyze.run(args) == 0
+    assert main(["analyze", "--manifest", str(path), "--out", str(out), "--formats", "html", "--no-progress"]) == 0
     remade = json.loads((out / "manifest.json").read_text())
     assert remade["extra"]["images_analysed"] == 1
 
@@ -155,3 +146,47 @@ def test_refiner_analyze_remakes_the_compare_view_figures_of_a_bundle(app_env: P
             assert without_ids((out / "figures" / f"{stem}.html").read_bytes()) == \
                 without_ids(archive.read(f"figures/{stem}.html")), stem
         assert json.loads((out / "tables" / "top5.json").read_text()) == json.loads(archive.read("tables/top5.json"))
+
+
+def test_dataset_page_exports_are_the_files_of_refiner_analyze_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Issue 10 (one pipeline): on the shipped checkpoints and the same 10 test canvases, the Dataset page's
+    exported table (CSV and JSON) and every figure (plotly JSON spec, and PNG bytes) are the files
+    ``refiner analyze --dataset cluttered-mnist`` writes. They differed before (own per-image summaries, 1,000
+    resamples instead of 2,000, canvases through an 8-bit picture)."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis import export
+    from app.screens import dataset as page
+    from refiner_cli import main
+    from tests.app.conftest import APP
+
+    monkeypatch.delenv("REFINER_APP_CHECKPOINTS", raising=False)  # the shipped pair under checkpoints/
+    figures, tables = {}, {}
+    monkeypatch.setattr(page, "figure_exports", lambda fig, name, key: figures.__setitem__(name, fig))
+    monkeypatch.setattr(page, "table_exports", lambda rows, name, key: tables.__setitem__(name, list(rows)))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.switch_page("entries/dataset.py").run()
+    at.slider(key="ds-count").set_value(10).run()
+    at.button(key="ds-run").click().run()
+    assert not at.exception and tables and figures
+
+    out = tmp_path / "cli"
+    assert main(["analyze", "--model", "vanilla", "--model", "refined", "--dataset", "cluttered-mnist",
+                 "--max-images", "10", "--per-image", "0", "--formats", "json", "--no-bundle", "--no-progress",
+                 "--out", str(out)]) == 0
+    rows = tables["dataset_metrics"]
+    assert export.table_csv(rows) == (out / "tables" / "dataset_metrics.csv").read_text(encoding="utf-8")
+    assert export.table_json(rows) == (out / "tables" / "dataset_metrics.json").read_text(encoding="utf-8")
+    written = out / "figures" / "dataset"
+    assert set(figures) == {p.stem for p in written.glob("*.json")} and len(figures) >= 15
+    for stem, fig in figures.items():
+        assert export.figure_bytes(fig, "json") == (written / f"{stem}.json").read_bytes(), stem
+    if export.browser_path() is not None:
+        # PNG (26 s for all 21 figures here, so one): the CLI's figure, read back from its spec and written the
+        # CLI's way (`write_figures`, one kaleido session), equals the page's PNG download byte for byte.
+        import plotly.io as pio
+
+        stem = "dataset_head_diversity"
+        cli_figure = pio.read_json(written / f"{stem}.json")
+        cli_png = export.write_figures({stem: cli_figure}, tmp_path / "png", ["png"])[0].read_bytes()
+        assert export.figure_bytes(figures[stem], "png", 2.0) == cli_png

@@ -11,7 +11,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app.images import canvas_key, sample_item, upload_key
-from app.launch import SERVE, add_arguments, streamlit_command
+from app.launch import SERVE, streamlit_command
 from analysis.compare_view import map_query, patch_token, token_label
 from app.selection import Selection, parse_head, parse_int, url_changes
 from analysis.view_figures import PATCH_TRACE, attention_overlay
@@ -93,7 +93,10 @@ def test_dataset_page_runs_with_progress(app_env: Path) -> None:
     at.slider(key="ds-count").set_value(10).run()
     at.button(key="ds-run").click().run()
     no_exceptions(at)
-    assert at.dataframe and {"diff_b_minus_a", "p_value"} <= set(at.dataframe[0].value.columns)
+    table = at.dataframe[0].value
+    assert {"model", "metric", "layer", "mean", "ci_low", "ci_high", "p_value"} <= set(table.columns)
+    assert set(table["model"]) == {"vanilla", "refined", "refined - vanilla"}  # the CLI's dataset_metrics table
+    assert (table.loc[table["metric"] == "accuracy", "n"] == 10).all()
 
 
 def test_models_page_cards_and_bad_directory(app_env: Path, tmp_path: Path) -> None:
@@ -194,10 +197,7 @@ def test_digit_samples_are_canvases_of_model_as_own_test_set(pair_dir: Path) -> 
 
 
 def test_launch_command() -> None:
-    import argparse
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    command = streamlit_command(parser.parse_args(["--port", "8765"]))
+    command = streamlit_command(port=8765)
     assert command[1:3] == [str(SERVE), "run"] and "8765" in command
     assert command[command.index("--server.headless") + 1] == "true"
 
@@ -358,7 +358,11 @@ def test_dataset_run_enlarges_tiny_uploads_with_a_note(app_env: Path) -> None:
     from analysis.attention_metrics import MetricSettings
 
     tiny, normal = _png_bytes((2, 3), (0, 0, 0)), _png_bytes((48, 48), (90, 90, 90))
-    results, skipped, notes = dataset._run(("vanilla", "refined"), (), (tiny, normal), MetricSettings(),
-                                           canvas_key(None), progress=lambda share, text: None)
-    assert skipped == [] and next(iter(results[0].values())).shape[0] == 2  # both analysed
-    assert len(notes) == 1 and notes[0].startswith("upload 1: A and B: The image is 2 x 3 px")
+    from app.sources import load_source
+
+    done: list = []
+    run = dataset.run_dataset([load_source("vanilla"), load_source("refined")], 0, (tiny, normal, b"not an image"),
+                              MetricSettings(), on_progress=done.append)
+    assert run.analysis.images == 2 and done == [1, 2]  # both analysed, the progress counted between images
+    assert len(run.notes) == 1 and run.notes[0].startswith("upload 1: A and B: The image is 2 x 3 px")
+    assert len(run.skipped) == 1 and run.skipped[0].startswith("upload 3: ")

@@ -18,7 +18,7 @@ import yaml
 
 import refiner
 from refiner.training import ConfigError, Trainer, build_config, load_config
-from refiner.training import eval_command
+from refiner_cli import main as cli_main
 from refiner.training.trainer import EXIT_NON_FINITE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,9 +69,7 @@ def test_run_writes_checkpoints_metrics_and_curve(tmp_path: Path) -> None:
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
 
     # `refiner eval` on the result: accuracy, per-class accuracy, confusion-matrix PNG.
-    parser = __import__("argparse").ArgumentParser()
-    eval_command.add_arguments(parser)
-    assert eval_command.run(parser.parse_args([str(out / "best"), "--out", str(tmp_path / "eval")])) == 0
+    assert cli_main(["eval", str(out / "best"), "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["count"] == 40 and len(report["per_class_accuracy"]) == 10
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
@@ -261,11 +259,8 @@ def test_checkpoints_record_the_commit_the_run_started_from(tmp_path: Path, monk
 def test_eval_of_a_checkpoint_trained_elsewhere_uses_canvases_of_its_input_size(tmp_path: Path) -> None:
     # No dataset record: cluttered-mnist's 64 px default would not fit this 48 px model.
     refiner.save_checkpoint(refiner.create_model("vit_mini_patch6_48", in_chans=1, num_classes=10), tmp_path / "ck")
-    parser = __import__("argparse").ArgumentParser()
-    eval_command.add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "ck"), "--dataset", "cluttered-mnist", "--option", "test_size=20",
-                              "--out", str(tmp_path / "eval")])
-    assert eval_command.run(args) == 0
+    assert cli_main(["eval", str(tmp_path / "ck"), "--dataset", "cluttered-mnist", "--option", "test_size=20",
+                     "--out", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["count"] == 20 and report["dataset_options"]["canvas_size"] == 48
 
@@ -399,11 +394,7 @@ def test_a_real_sigkill_while_best_is_renamed_into_place_keeps_last_best_and_log
 
 # ------------------------------------------------------------------------------ re-running into a finished run
 def _train_command(config_path: Path, *arguments: str) -> int:
-    from refiner.training import train_command
-
-    parser = __import__("argparse").ArgumentParser()
-    train_command.add_arguments(parser)
-    return train_command.run(parser.parse_args(["--config", str(config_path), *arguments]))
+    return cli_main(["train", "--config", str(config_path), *arguments])
 
 
 def test_training_into_a_finished_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:

@@ -1,11 +1,12 @@
-"""`refiner train --config configs/X.yaml [key=value ...] [--resume]` (works under torchrun)."""
+"""`refiner train --config configs/X.yaml [key=value ...] [--resume]` (works under torchrun): the arguments of
+`refiner.training.load_config` and `refiner.training.Trainer`, and the exit status of their errors."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .config import ConfigError, load_config
+from refiner.training.config import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train; returns 0 when done, 2 for a config error, 1 when outputs cannot be written, 3 after a non-finite
     loss, 130/143 after a signal."""
-    from ..checkpoint import CheckpointError
-    from ..data import DatasetNotFoundError
-    from .distributed import init_distributed, shutdown
-    from .trainer import Trainer
+    from refiner.checkpoint import CheckpointError
+    from refiner.data import DatasetNotFoundError
+    from refiner.training.distributed import init_distributed, shutdown
+    from refiner.training.trainer import Trainer
 
     try:
         config = load_config(args.config, args.overrides)

@@ -1,6 +1,5 @@
 """``refiner analyze``: folder and dataset runs write figures, tables, maps and a bundle; --manifest re-makes."""
 
-import argparse
 import io
 import json
 import zipfile
@@ -12,13 +11,12 @@ import torch
 from PIL import Image
 
 import refiner
-from analysis import cli_analyze
+from analysis.model_records import load_model, model_record
+from refiner_cli import main
 
 
 def run_cli(argv) -> int:
-    parser = argparse.ArgumentParser()
-    cli_analyze.add_arguments(parser)
-    return cli_analyze.run(parser.parse_args([str(a) for a in argv]))
+    return main(["analyze", *[str(a) for a in argv]])
 
 
 @pytest.fixture
@@ -98,13 +96,13 @@ def test_manifest_of_an_app_bundle_is_remade_from_its_inputs(tmp_path) -> None:
     from analysis import export
 
     # What the app writes: a manifest without a command line and maps.npz with each model's input tensor.
-    model = cli_analyze.load_model("vanilla=vit_micro_patch4_32", seed=0)
+    model = load_model("vanilla=vit_micro_patch4_32", seed=0)
     image = torch.rand(3, 32, 32)
     arrays = io.BytesIO()
     np.savez(arrays, **{"vanilla/input": image.numpy(), "vanilla/picture": np.zeros((32, 32, 3), np.uint8)})
     manifest = export.build_manifest(
         [{"label": "vanilla", "source": "timm:vit_micro_patch4_32", "kind": "name",
-          "state_sha256": cli_analyze.model_record(model)["state_sha256"]}],
+          "state_sha256": model_record(model, "vanilla")["state_sha256"]}],
         [{"key": "sample", "sha256": "0" * 64, "box": [0, 0, 16, 16]}], {},
         {"normalize": "clip_rownorm", "map_kind": "difference", "layer": 2}, extra={"made_by": "refiner app"})
     export.write_bundle(tmp_path / "app.zip", {"maps/maps.npz": arrays.getvalue()}, manifest)
@@ -202,3 +200,21 @@ def test_manifest_remakes_exactly_what_it_lists_or_refuses_naming_the_difference
     err = capsys.readouterr().err
     assert "a.png is missing" in err and "lists 2 images" in err
     assert not (tmp_path / "fourth").exists() or not any((tmp_path / "fourth").iterdir())
+
+
+def test_images_smaller_than_a_patch_are_analysed_enlarged_with_the_note(tmp_path, capsys) -> None:
+    """Issue 11 leftover: ``--images`` enlarged tiny images silently; now each gets the one rule's note
+    (`refiner.image_input.small_image_note`), naming the models it applies to, and is still analysed."""
+    from refiner.image_input import small_image_note
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (2, 3), (200, 10, 10)).save(folder / "tiny.png")
+    Image.new("RGB", (40, 40), (9, 90, 9)).save(folder / "normal.png")
+    out = tmp_path / "out"
+    assert run_cli([*FAST, "--model", "b=random:vit_micro_patch4_32", "--images", folder, "--out", out]) == 0
+    err = capsys.readouterr().err
+    note = small_image_note((2, 3), (4, 4), (32, 32))
+    assert f"tiny.png: vanilla and b: {note[0].upper()}{note[1:]}." in err
+    assert "normal.png:" not in err  # a normal image has no note
+    assert sorted(i["name"] for i in json.loads((out / "manifest.json").read_text())["images"]) == ["normal", "tiny"]
