@@ -160,14 +160,23 @@ def test_dataset_page_exports_are_the_files_of_refiner_analyze_dataset(tmp_path:
     from refiner_cli import main
     from tests.app.conftest import APP
 
+    import streamlit as st
+
     monkeypatch.delenv("REFINER_APP_CHECKPOINTS", raising=False)  # the shipped pair under checkpoints/
     figures, tables = {}, {}
     monkeypatch.setattr(page, "figure_exports", lambda fig, name, key: figures.__setitem__(name, fig))
     monkeypatch.setattr(page, "table_exports", lambda rows, name, key: tables.__setitem__(name, list(rows)))
-    at = AppTest.from_file(APP, default_timeout=300).run()
-    at.switch_page("entries/dataset.py").run()
-    at.slider(key="ds-count").set_value(10).run()
-    at.button(key="ds-run").click().run()
+    # The process's model and run caches are keyed by source name: other tests put the tiny pair there under
+    # the same names, and this test must not leave the shipped pair there for them either.
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=300).run()
+        at.switch_page("entries/dataset.py").run()
+        at.slider(key="ds-count").set_value(10).run()
+        at.button(key="ds-run").click().run()
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()
     assert not at.exception and tables and figures
 
     out = tmp_path / "cli"
