@@ -8,7 +8,6 @@ the NPZ arrays and the manifest, so a figure from either front end has the same 
 from __future__ import annotations
 
 import string
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from refiner import LoadedModel
@@ -47,23 +46,22 @@ def with_unique_labels(models: Sequence[LoadedModel]) -> List[LoadedModel]:
             for m, label in zip(models, unique_labels([m.label for m in models]))]
 
 
-def absolute_source(source: str, path: Path | None = None) -> str:
-    """A source that reloads the model from anywhere: a local path made absolute (``ARCH@FILE`` keeps its
-    architecture); names and hub ids as they are.
+def absolute_source(source: str) -> str:
+    """A source that reloads the model from anywhere: the local file or folder it reads
+    (`refiner.loading.source_path`) made absolute (``ARCH@FILE`` keeps its architecture, ``local-dir:`` its
+    prefix); names and hub ids as they are."""
+    from refiner.loading import source_path
 
-    Args:
-        source: the `refiner.load_model` source.
-        path: the local folder or file it reads, when the caller knows it (the app's shipped names).
-    """
-    arch, at, rest = source.partition("@")
-    weights_file = bool(at and arch and "/" not in arch)
-    local = path if path is not None else Path(rest if weights_file else source)
-    if not local.exists():
+    local = source_path(source)
+    if local is None:
         return source
-    return f"{arch}@{local.resolve()}" if weights_file else str(local.resolve())
+    arch, at, _rest = source.partition("@")
+    if at and arch and "/" not in arch:
+        return f"{arch}@{local.resolve()}"
+    return f"local-dir:{local.resolve()}" if source.startswith("local-dir:") else str(local.resolve())
 
 
-def model_record(loaded: LoadedModel, label: str, path: Path | None = None) -> Dict[str, Any]:
+def model_record(loaded: LoadedModel, label: str) -> Dict[str, Any]:
     """What a manifest records about one model (the CLI's and the app's bundles alike): its `refiner.ModelInfo`
     record, the label, a source that reloads it from anywhere (`absolute_source`), its preprocessing and
     ``state_sha256`` (the weights' own hash, which ``--manifest`` compares).
@@ -71,10 +69,9 @@ def model_record(loaded: LoadedModel, label: str, path: Path | None = None) -> D
     Args:
         loaded: the model.
         label: its label in this analysis.
-        path: the local folder or file its source reads, when the caller knows it.
     """
     info = loaded.info
-    return {"label": label, **info.record(), "source": absolute_source(info.source, path),
+    return {"label": label, **info.record(), "source": absolute_source(info.source),
             "architecture": info.name, "model_spec": info.config.get("model"),
             "state_sha256": state_dict_sha256(loaded.model),
             "preprocessing": {k: v for k, v in info.data.items() if k != "class_names"}}

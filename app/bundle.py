@@ -25,7 +25,6 @@ from refiner import LoadedModel
 from refiner.hashing import sha256_hex
 
 from .images import ImageItem
-from .sources import source_path
 
 BUNDLE_FORMATS = ("png", "svg", "pdf", "html")
 DEFAULT_BUNDLE_FORMATS = ("png", "html")  # static SVG/PDF cost seconds per figure; each figure offers them alone
@@ -65,7 +64,7 @@ def slot_record(slot: str, model: LoadedModel, label: str) -> Dict[str, Any]:
     """What the manifest says about one model slot: `analysis.model_records.model_record` (what ``refiner
     analyze`` records, with ``source`` an absolute path wherever the app's checkpoint root was), plus the slot
     and ``app_source``, the app's own short name for it (as in the page URL)."""
-    return {**model_record(model, label, source_path(model.info.source)), "slot": slot,
+    return {**model_record(model, label), "slot": slot,
             "app_source": model.info.source}
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import List, Optional
 
 from torch import nn
 
 import refiner
 from refiner import LoadedModel
+from refiner.loading import source_path
 from refiner.shipped import CHECKPOINTS_ENV, DEFAULT_PAIR, checkpoint_root
 
 
@@ -42,18 +42,6 @@ def missing_default_message() -> Optional[str]:
     return (f"The shipped checkpoints {', '.join(missing)} were not found under {root}. Train them (see the "
             f"README), set {CHECKPOINTS_ENV} to a directory holding checkpoint folders, or load one on the "
             "Models page.")
-
-
-def source_path(source: str) -> Optional[Path]:
-    """The local folder or file a source reads (None for names and hub ids)."""
-    if source in shipped_sources():
-        return checkpoint_root() / source
-    for prefix in ("dir:", "local-dir:"):
-        if source.startswith(prefix):
-            return Path(source[len(prefix):]).expanduser()
-    arch, at, rest = source.partition("@")
-    candidate = Path(rest if at and arch and "/" not in arch else source).expanduser()
-    return candidate if candidate.exists() else None
 
 
 def _freeze(model: nn.Module) -> nn.Module:

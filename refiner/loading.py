@@ -113,6 +113,20 @@ def default_label(source: str) -> str:
     return name
 
 
+def source_path(source: str) -> Optional[Path]:
+    """The local file or folder a source reads, by the rules `load_model` dispatches with (``dir:`` and
+    ``local-dir:`` folders, ``ARCH@FILE`` weights, paths, the shipped names); None for names and hub ids."""
+    text = split_label(source.strip())[1]
+    for prefix in ("dir:", "local-dir:"):
+        if text.startswith(prefix):
+            return Path(text[len(prefix):]).expanduser()
+    arch, at, file_part = text.partition("@")
+    if at and arch and "/" not in arch and Path(file_part).expanduser().exists():
+        return Path(file_part).expanduser()
+    path = Path(text).expanduser()
+    return path if path.exists() else shipped_checkpoint(text)
+
+
 # ---------------------------------------------------------------------------------------------- dispatch
 def _dispatch(text: str, seed: int) -> Tuple[nn.Module, ModelInfo]:
     if text.startswith("random:"):

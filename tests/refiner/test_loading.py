@@ -285,3 +285,17 @@ def test_geometry_in_the_description(name: str, prefix: int, has_cls: bool, patc
     assert (info.num_prefix_tokens, info.has_class_token, info.patch_size, info.grid_size) == \
         (prefix, has_cls, patch, grid)
     assert info.num_tokens == prefix + grid[0] * grid[1]
+
+
+def test_source_path_is_the_file_or_folder_a_source_reads(tmp_path) -> None:
+    from refiner.loading import source_path
+    from refiner.shipped import checkpoint_root
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    assert source_path(f"vit_micro_patch4_32@{weights}") == weights
+    assert source_path(f"dir:{tmp_path}") == tmp_path and source_path(f"local-dir:{tmp_path}") == tmp_path
+    assert source_path(f"A={tmp_path}") == tmp_path  # a label is not part of the path
+    assert source_path("vanilla") == checkpoint_root() / "vanilla"  # a shipped name
+    assert source_path("vit_small_patch16_224") is None and source_path("hf-hub:timm/x") is None
+    assert source_path("random:vit_micro_patch4_32") is None
