@@ -211,6 +211,11 @@ def test_url_sources_of_other_kinds_and_geometries(app_env: Path) -> None:
     for page in ("entries/analysis.py", "entries/models.py"):
         at.switch_page(page).run()
         no_exceptions(at)
+    at.switch_page("entries/dataset.py").run()
+    at.slider(key="ds-count").set_value(10).run()
+    at.button(key="ds-run").click().run()  # the canvases fit A; B gets each one through its own transform
+    no_exceptions(at)
+    assert set(at.dataframe[0].value["model"]) == {"vanilla", "vit_micro_patch4_32", "vit_micro_patch4_32 - vanilla"}
     at = start({"a": "vanilla", "b": "no_such_model_xyz"})
     no_exceptions(at)
     assert any("neither a file or folder nor a model name" in w.value for w in at.warning)

@@ -218,3 +218,16 @@ def test_images_smaller_than_a_patch_are_analysed_enlarged_with_the_note(tmp_pat
     assert f"tiny.png: vanilla and b: {note[0].upper()}{note[1:]}." in err
     assert "normal.png:" not in err  # a normal image has no note
     assert sorted(i["name"] for i in json.loads((out / "manifest.json").read_text())["images"]) == ["normal", "tiny"]
+
+
+def test_dataset_run_of_models_with_different_input_sizes(tmp_path) -> None:
+    """The grey 48 px digit model beside an RGB 32 px model on cluttered-mnist: the canvases fit the first model,
+    the other gets each canvas through its own transform (the dataset images were normalised for every model
+    alike before, which fails on the other model's shape)."""
+    out = tmp_path / "out"
+    assert run_cli(["--model", "vanilla", "--model", "b=random:vit_micro_patch4_32", "--dataset", "cluttered-mnist",
+                    "--max-images", 4, "--per-image", 1, "--formats", "json", "--n-boot", 20, "--no-bundle",
+                    "--no-progress", "--out", out]) == 0
+    rows = json.loads((out / "tables" / "dataset_metrics.json").read_text())
+    assert {r["model"] for r in rows} == {"vanilla", "b", "b - vanilla"}
+    assert np.load(out / "maps" / "cluttered-mnist-test-00000.npz")["b/effective"].shape == (4, 4, 65, 65)
