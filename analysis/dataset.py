@@ -477,9 +477,11 @@ def dataset_statistics(analysis: DatasetAnalysis, level: float = 0.95, n_boot: i
     comparisons: Dict[Tuple[str, bool], PairedComparison] = {}
     if len(names) == 2:
         for key in keys:
-            for overall in (False, True):
-                comparisons[(key, overall)] = analysis.compare(names[0], names[1], key, level, n_boot,
-                                                               n_permutations, seed, overall=overall)
+            per_layer = analysis.compare(names[0], names[1], key, level, n_boot, n_permutations, seed)
+            comparisons[(key, False)] = per_layer
+            # A scalar metric's mean over layers is itself: one comparison serves both.
+            comparisons[(key, True)] = per_layer if METRICS[key].axes == () else analysis.compare(
+                names[0], names[1], key, level, n_boot, n_permutations, seed, overall=True)
     return DatasetStatistics(keys=keys, intervals=intervals, comparisons=comparisons, level=level, n_boot=n_boot,
                              n_permutations=n_permutations, seed=seed)
 
