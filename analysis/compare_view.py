@@ -1,19 +1,21 @@
 """The Compare view of two models on one image: its data, its settings, and all of its figures and tables.
 
 `ModelView` holds one model's captured maps on one image (`capture_view` makes it, for the app and the tests; a view
-bundle stores it in ``maps/maps.npz``, see `ModelView.from_arrays`). `compare_figures` and `compare_tables`
+bundle stores it in ``maps/maps.npz``, see `ModelView.from_arrays`). A large view holds its maps in float16 for
+display only; its metrics come from the float32 maps of the capture (`ViewMetrics`, `view_metrics`). `compare_figures` and `compare_tables`
 build what the Compare page shows for a `CompareSettings`; the page draws them and ``refiner analyze
 --manifest bundle.zip`` re-makes them from the bundle, so both write the same files (DESIGN section 6).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import plotly.graph_objects as go
 
+from .attention_metrics import MetricSettings, compute_map_metrics
 from .rollout import fuse_heads
 from .view_figures import attention_overlay, color_range, heads_grid, symmetric_range, token_matrix, top_k_bars
 
@@ -27,6 +29,36 @@ SLOTS = ("A", "B")
 # The parts of the view, in page order; `compare_figures` builds the ones asked for.
 PARTS = ("overlay", "top5", "heads", "matrix", "softmax-vs-effective", "difference")
 
+# Display precision (issue 10): a view whose float32 maps are larger than this holds them in float16. Below it a
+# view costs at most 256 MB (ViT-B/16 at 224 px: 22 MB; the shipped pair: under 1 MB), so it keeps its exact maps:
+# the raw-maps NPZ and bundles stay float32 and any metric setting is computed from the held maps. Above it (e.g.
+# Refiner-ViT-L at 448 px: 2.5 GB, DINOv2-L at 518 px: 2.9 GB) the maps are what fills the map store, and half
+# precision holds twice the views in the same budget. float16 keeps 11 significant bits: every drawn value is
+# within 2^-11 (0.05%) of its float32 value relative to its magnitude (absolute 2^-25 below 2^-14), far under one
+# step of a 256-colour scale, and its sign is kept. Its range is +-65504: a view with any larger magnitude stays
+# float32 (never clipped). Metrics never read the float16 maps (`view_metrics`).
+HALF_PRECISION_BYTES = 256 * 2**20
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass(frozen=True)
+class ViewMetrics:
+    """The section 5 metrics of one view for one choice of settings, computed from the float32 maps.
+
+    Attributes:
+        settings: the metric settings they were computed with.
+        box: the object box (x0, y0, x1, y1) in input pixels as floats, or None.
+        values: `analysis.attention_metrics.METRICS` key -> array (`compute_map_metrics`).
+    """
+
+    settings: MetricSettings
+    box: Optional[Tuple[float, ...]]
+    values: Mapping[str, np.ndarray]
+
+
+def _box_key(box: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
+    return None if box is None else tuple(float(v) for v in box)
+
 
 @dataclass(frozen=True)
 class ModelView:
@@ -34,9 +66,10 @@ class ModelView:
 
     Attributes:
         probs: (C,) class probabilities.
-        softmax: (L, H, N, N) float32 softmax maps; for blocks without one (official shared blocks) the
-            effective map is repeated and ``has_softmax`` is False.
-        effective: (L, H, N, N) float32 maps that multiply V.
+        softmax: (L, H, N, N) softmax maps; for blocks without one (official shared blocks) the effective map
+            is repeated and ``has_softmax`` is False. float32, or float16 for display in a large view
+            (`HALF_PRECISION_BYTES`).
+        effective: (L, H, N, N) maps that multiply V, in the same precision.
         has_softmax: (L,) whether the block computes its own softmax map.
         refined: (L,) whether the block's effective map differs from its softmax by construction.
         num_prefix_tokens: K.
@@ -45,6 +78,8 @@ class ModelView:
         picture: (H, W, 3) uint8, the image exactly as the model saw it (before normalisation).
         input_tensor: (C, H, W) float32, the normalised model input (for exports and the manifest).
         class_token_index: the CLS token's index, or None for a model without one (registers + pooling).
+        metrics: metric tables computed from the float32 maps at capture, for a float16 view (`view_metrics`);
+            empty for a float32 view, whose metrics are computed from its own maps.
     """
 
     probs: np.ndarray
@@ -58,6 +93,12 @@ class ModelView:
     picture: np.ndarray
     input_tensor: np.ndarray
     class_token_index: Optional[int] = 0
+    metrics: Tuple[ViewMetrics, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        """Whether the maps are the capture's float32 values (False: float16 display copies)."""
+        return self.effective.dtype == np.float32
 
     @property
     def depth(self) -> int:
@@ -101,42 +142,146 @@ class ModelView:
                    class_token_index=cls_index if cls_index >= 0 else None)
 
 
-def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image") -> ModelView:
+def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: Optional[Sequence[float]] = None,
+                 precision: str = "auto", metric_settings: Sequence[MetricSettings] = (MetricSettings(),)
+                 ) -> ModelView:
     """One model on one picture: a forward pass with capture (`analysis.per_image.run_with_capture`, the one
     capture path of the app and the CLI), as a `ModelView`.
 
     The model's own transform makes the input (timm's eval transform or the checkpoint's recorded one; images
     smaller than the input are enlarged). A vanilla model's softmax and effective maps are one read-only array;
     a block without its own softmax map (official shared blocks) shows its effective map, ``has_softmax`` False.
+
+    A float16 view (``precision`` "float16", or "auto" above `HALF_PRECISION_BYTES`) first computes the metrics
+    of every ``metric_settings`` (with ``box``) from the float32 maps and keeps them (`ViewMetrics`); then the
+    maps are cast layer by layer. A float32 view keeps no metrics (they come from its maps).
+
+    Args:
+        loaded: the model.
+        image: the picture.
+        box: the object box (x0, y0, x1, y1) in input pixels for the localisation metrics, or None.
+        precision: "auto", "float32" or "float16" (display maps; "float16" falls back to float32 when a map
+            does not fit float16's range).
+        metric_settings: the metric settings computed at capture for a float16 view (default: the defaults).
     """
     from .per_image import run_with_capture
 
+    if precision not in ("auto", "float32", "float16"):
+        raise ValueError(f"precision must be auto, float32 or float16, not {precision!r}")
     x = loaded.info.transform(image)
     picture = np.asarray(loaded.info.view(image).convert("RGB"))
     captured = run_with_capture(loaded.model, x[None])
     meta = captured.meta
     effective = captured.effective[0]
     has_softmax = captured.has_softmax
-    softmax = captured.softmax[0]
-    if not has_softmax.all():
-        softmax = np.where(has_softmax[:, None, None, None], softmax, effective).astype(np.float32)
+    # One object for both names when the capture has one array for both (a vanilla model).
+    softmax = effective if captured.softmax is captured.effective else captured.softmax[0]
     logits = captured.logits[0].astype(np.float64)
     probs = np.exp(logits - logits.max())
-    return ModelView(probs=(probs / probs.sum()).astype(np.float32), softmax=softmax, effective=effective,
+    view = ModelView(probs=(probs / probs.sum()).astype(np.float32), softmax=softmax, effective=effective,
                      has_softmax=has_softmax, refined=np.array(meta.refined),
                      num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
                      patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
                      class_token_index=meta.class_token_index)
+    half = precision == "float16" or (precision == "auto" and captured.map_bytes > HALF_PRECISION_BYTES)
+    if half:
+        halved = _half_precision(view, box, metric_settings)
+        if halved is not None:
+            return halved
+    if not has_softmax.all():
+        softmax = np.where(has_softmax[:, None, None, None], softmax, effective).astype(np.float32)
+    return replace(view, softmax=softmax)
+
+
+def _half_precision(view: ModelView, box: Optional[Sequence[float]], metric_settings: Sequence[MetricSettings]
+                    ) -> Optional[ModelView]:
+    """``view`` (float32 maps straight from the capture; softmax NaN where a block has none) with float16 maps and
+    its metrics for ``metric_settings`` computed first from the float32 maps; None when a map has a magnitude
+    beyond float16's range (the caller keeps float32: display values are never clipped)."""
+    # Own copies: some metrics are views of larger working arrays (cls_entropy of an (L, H, N) entropy table),
+    # which a kept view would otherwise hold on to.
+    metrics = tuple(ViewMetrics(settings, _box_key(box),
+                                {k: np.array(v, copy=True) for k, v in _map_metrics(view, settings, box).items()})
+                    for settings in metric_settings)
+    effective = _to_float16(view.effective)
+    if effective is None:
+        return None
+    if view.softmax is view.effective:  # a vanilla model: one array for both names, as in float32
+        softmax: Optional[np.ndarray] = effective
+    else:
+        softmax = _to_float16(view.softmax, fill=effective, present=view.has_softmax)
+        if softmax is None:
+            return None
+    return replace(view, softmax=softmax, effective=effective, metrics=metrics)
+
+
+def _to_float16(maps: np.ndarray, fill: Optional[np.ndarray] = None, present: Optional[np.ndarray] = None
+                ) -> Optional[np.ndarray]:
+    """(L, H, N, N) float16 copy of float32 ``maps``, one layer at a time (no second float32 copy); layers not
+    ``present`` are taken from ``fill`` (already float16). None when a value overflows float16."""
+    out = np.empty(maps.shape, dtype=np.float16)
+    for layer in range(maps.shape[0]):
+        if present is not None and not present[layer]:
+            out[layer] = fill[layer]
+            continue
+        with np.errstate(over="ignore"):
+            out[layer] = maps[layer]
+        if not np.isfinite(out[layer]).all():  # overflow (|x| > FLOAT16_MAX) gives inf; the capture has no NaN
+            return None
+    return out
+
+
+def _map_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
+    """`compute_map_metrics` of a float32 view's maps of ``settings.map_kind``."""
+    maps = view.maps(settings.map_kind)
+    if settings.map_kind == "softmax" and not view.has_softmax.all():
+        # The view's own rule for blocks without a softmax map (their effective map), also for a view straight
+        # from the capture (NaN there) that `capture_view` has not substituted yet.
+        maps = np.where(view.has_softmax[:, None, None, None], maps, view.effective)
+    return compute_map_metrics(maps, view.num_prefix_tokens, view.grid, view.patch_size, settings,
+                               None if box is None else tuple(box), class_token_index=view.class_token_index)
+
+
+def view_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]],
+                 exact_view: Callable[[], ModelView]) -> Dict[str, np.ndarray]:
+    """Every section 5 metric of a view, always from float32 maps.
+
+    A float32 view computes them from its maps; a float16 view returns those computed at capture when the
+    settings and box match, else calls ``exact_view()`` (a float32 capture of the same model and image, e.g.
+    ``capture_view(..., precision="float32")``) and computes them from it. Never from float16 maps.
+
+    Args:
+        view: the (possibly float16) view.
+        settings: metric settings.
+        box: object box in input pixels, or None.
+        exact_view: makes the float32 view when needed.
+
+    Returns:
+        `analysis.attention_metrics.METRICS` key -> array.
+    """
+    wanted = _box_key(box)
+    for kept in view.metrics:
+        if kept.settings == settings and kept.box == wanted:
+            return dict(kept.values)
+    source = view if view.exact else exact_view()
+    if not source.exact:
+        raise ValueError("exact_view() returned a float16 view; metrics need the float32 maps")
+    return _map_metrics(source, settings, box)
 
 
 def head_matrix(view: ModelView, layer: int, head: HeadChoice, kind: str = "effective") -> np.ndarray:
-    """(N, N) map of one head, or of all heads fused by "mean" or "max", at 0-based ``layer``."""
+    """(N, N) float32 map of one head, or of all heads fused by "mean" or "max", at 0-based ``layer``.
+
+    float16 display maps are widened to float32 here (plotly has no float16 arrays); the head mean of a float16
+    layer is summed in float32 (no float16 rounding of the sum)."""
     maps = view.maps(kind)[layer]
     if isinstance(head, str):
-        return fuse_heads(maps[None], head)[0]
+        if head == "mean" and maps.dtype == np.float16:
+            return maps.mean(axis=0, dtype=np.float32)
+        return fuse_heads(maps[None], head)[0].astype(np.float32, copy=False)
     if not 0 <= head < maps.shape[0]:
         raise IndexError(f"head {head} does not exist; this layer has {maps.shape[0]} heads")
-    return maps[head]
+    return maps[head].astype(np.float32, copy=False)
 
 
 def query_grid(matrix: np.ndarray, query: int, num_prefix_tokens: int, grid: Tuple[int, int]) -> np.ndarray:
@@ -145,8 +290,8 @@ def query_grid(matrix: np.ndarray, query: int, num_prefix_tokens: int, grid: Tup
 
 
 def all_heads_grids(view: ModelView, layer: int, query: int, kind: str = "effective") -> np.ndarray:
-    """(H, Gh, Gw) attention of token ``query`` over the patches for every head of ``layer``."""
-    rows = view.maps(kind)[layer][:, query, view.num_prefix_tokens:]
+    """(H, Gh, Gw) float32 attention of token ``query`` over the patches for every head of ``layer``."""
+    rows = view.maps(kind)[layer][:, query, view.num_prefix_tokens:].astype(np.float32, copy=False)
     return rows.reshape((rows.shape[0],) + tuple(view.grid))
 
 

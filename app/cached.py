@@ -8,16 +8,22 @@ bounded however many images are looked at.
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import streamlit as st
 
-from analysis.compare_view import ModelView
+from analysis.compare_view import ModelView, capture_view
 
 from .images import ImageItem, sample_item, upload_item
 from .map_store import MapStore, budget_from_env
-from analysis.compare_view import capture_view
 from .sources import LoadedModel, load_source
+
+# One capture at a time per process. A capture holds its float32 maps while it runs (Refiner-ViT-L at 448 px:
+# 2.5 GB, several GB with the metrics computed from them) before the view is made smaller; eight sessions
+# capturing at once would hold eight times that outside the map store's budget. The captures share the same
+# cores anyway, so running them one after the other costs no throughput; a session whose view is kept never waits.
+_CAPTURE = threading.Lock()
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
@@ -44,17 +50,30 @@ def map_store() -> MapStore[ModelView]:
     return MapStore(budget_from_env())
 
 
+def _item(image_key: str, upload: Optional[bytes], canvas: str) -> ImageItem:
+    return get_upload(upload) if upload is not None else get_sample(image_key, canvas)
+
+
 def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
     """Captured maps of one model on one image: the forward pass runs once per (model, image) while the view
     is in the byte-bounded store; every session reads the same read-only arrays (no pickled copy).
 
     The image is named by its key (and, for uploads, its bytes, which are also what the key hashes), so
-    changing the layer, head or query token never reaches the model again.
+    changing the layer, head or query token never reaches the model again. A large view holds float16 display
+    maps and the default metrics computed from the float32 ones (`analysis.compare_view.capture_view`).
     """
     def compute() -> ModelView:
-        item = get_upload(upload) if upload is not None else get_sample(image_key, canvas)
-        with st.spinner("Running the model..."):
-            return capture_view(get_model(source), item.image)
+        item = _item(image_key, upload, canvas)
+        with st.spinner("Running the model..."), _CAPTURE:
+            return capture_view(get_model(source), item.image, box=item.box)
 
     # An upload's key is the hash of its bytes, so the bytes themselves need not be part of the store's key.
     return map_store().get((source, image_key, canvas), compute)
+
+
+def exact_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
+    """The float32 view of one model on one image, captured again and not kept: what the metrics of a float16
+    view read for settings it was not captured with (`analysis.compare_view.view_metrics`)."""
+    item = _item(image_key, upload, canvas)
+    with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE:
+        return capture_view(get_model(source), item.image, precision="float32")

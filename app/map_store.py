@@ -11,7 +11,9 @@ The budget is ``$REFINER_APP_MAP_BUDGET_MB`` (``refiner app --map-budget-mb``); 
 machine's memory, between `MIN_DEFAULT_BUDGET_MB` and `MAX_DEFAULT_BUDGET_MB` (`default_budget_bytes`), so two
 research-scale views (Refiner-ViT-L at 448 px and DINOv2-L at 518 px, 1.3-1.4 GB each in half precision) fit
 on a 24 GB machine. An array shared by two fields of a view (a vanilla model's softmax and effective maps are
-the same map) is counted once.
+the same map) is counted once. The bytes are those the arrays really hold: a large view's float16 display maps
+(`analysis.compare_view.HALF_PRECISION_BYTES`) count half of their float32 size, and the metric tables it keeps
+(`analysis.compare_view.ViewMetrics`, inside tuples and mappings) are counted too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, Generic, Hashable, Optional, TypeVar
+from typing import Callable, Dict, Generic, Hashable, Iterator, Mapping, Optional, TypeVar
 
 import numpy as np
 
@@ -31,29 +33,34 @@ MAX_DEFAULT_BUDGET_MB = 16384
 V = TypeVar("V")
 
 
+def _arrays(value: object) -> Iterator[np.ndarray]:
+    """Every numpy array in a dataclass instance, its fields, and the tuples, lists and mappings they hold."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif hasattr(value, "__dataclass_fields__"):
+        for f in fields(value):
+            yield from _arrays(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _arrays(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _arrays(item)
+
+
 def nbytes_of(value: object) -> int:
     """Bytes held by the numpy arrays of a dataclass instance (or by one array), each buffer counted once."""
     buffers: Dict[int, int] = {}
-
-    def visit(item: object) -> None:
-        if isinstance(item, np.ndarray):
-            base = item if item.base is None else item.base
-            buffers[id(base)] = max(buffers.get(id(base), 0), int(getattr(base, "nbytes", item.nbytes)))
-        elif hasattr(item, "__dataclass_fields__"):
-            for f in fields(item):
-                visit(getattr(item, f.name))
-
-    visit(value)
+    for item in _arrays(value):
+        base = item if item.base is None else item.base
+        buffers[id(base)] = max(buffers.get(id(base), 0), int(getattr(base, "nbytes", item.nbytes)))
     return sum(buffers.values())
 
 
 def freeze_arrays(value: V) -> V:
     """Make every numpy array of a dataclass instance read-only, so a shared view cannot be changed in place."""
-    if isinstance(value, np.ndarray):
-        value.setflags(write=False)
-    elif hasattr(value, "__dataclass_fields__"):
-        for f in fields(value):
-            freeze_arrays(getattr(value, f.name))
+    for item in _arrays(value):
+        item.setflags(write=False)
     return value
 
 

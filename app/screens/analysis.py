@@ -13,7 +13,8 @@ import numpy as np
 import streamlit as st
 
 from analysis import figures
-from analysis.attention_metrics import METRICS, MetricSettings, compute_map_metrics, rollout_map
+from analysis.attention_metrics import METRICS, MetricSettings, rollout_map
+from analysis.compare_view import view_metrics
 
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
@@ -30,10 +31,10 @@ SEPARATE = ("adjacent_similarity", "distance_px", "distance_patches", "cls_in_bo
 @st.cache_data(max_entries=32, show_spinner="Computing metrics...")
 def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, settings: MetricSettings,
              box: Optional[Tuple[int, int, int, int]]) -> Dict[str, np.ndarray]:
-    """Every metric of one model on one image (cached per model, image and settings)."""
+    """Every metric of one model on one image (cached per model, image and settings), from float32 maps: a
+    large view's float16 maps are only drawn (`analysis.compare_view.view_metrics`)."""
     view = cached.get_view(source, image_key, upload, canvas)
-    return compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid, view.patch_size,
-                               settings, box, class_token_index=view.class_token_index)
+    return view_metrics(view, settings, box, functools.partial(cached.exact_view, source, image_key, upload, canvas))
 
 
 def _settings() -> MetricSettings:

@@ -25,6 +25,8 @@ from ..sidebar import Context
 from ..views import clicked_patch
 
 CLICK_KEYS = ("click-a", "click-b")
+HALF_NOTE = ("Large model: its maps are drawn from float16 copies (within 0.05% of each value); every metric on the "
+             "Analysis page is computed from the float32 maps.")
 TAB_PARTS = {"All heads": "heads", "N x N matrix": "matrix", "Softmax vs effective": "softmax-vs-effective",
              "Difference A - B": "difference"}
 LEGEND = ("**Reading the maps.** Each overlay is the chosen query's row of the attention map over the patches "
@@ -118,6 +120,8 @@ def render(ctx: Context) -> None:
             figure_exports(figs[stem], stem, key=f"exp-overlay-{slot}")
             stem = figure_stem("top5", slot, layer)
             show_chart(figs[stem], key=f"top5-{slot}", config={"displayModeBar": False})
+            if not view.exact:
+                st.caption(HALF_NOTE)
             for note in model_notes(model, ctx.item):
                 if note.warning:
                     st.warning(note.text)

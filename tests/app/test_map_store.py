@@ -97,3 +97,23 @@ def test_an_array_shared_by_two_fields_is_counted_once() -> None:
     assert nbytes_of(View(maps, maps)) == maps.nbytes
     assert nbytes_of(View(maps, maps[:10])) == maps.nbytes  # a slice is a view of the same buffer
     assert nbytes_of(View(maps, maps.copy())) == 2 * maps.nbytes
+
+
+def test_arrays_inside_tuples_and_mappings_are_counted_and_frozen() -> None:
+    """A view's kept metric tables (tuples of dataclasses holding dicts of arrays) are part of its true bytes."""
+    @dataclass(frozen=True)
+    class Table:
+        values: dict
+
+    @dataclass(frozen=True)
+    class WithTables:
+        maps: np.ndarray
+        tables: tuple
+
+    maps = np.zeros(1000, np.float16)
+    table = {"a": np.zeros(10), "b": np.zeros((2, 3), np.float32)}
+    value = WithTables(maps, (Table(table), Table({"c": maps[:10]})))  # a slice of maps: its buffer once
+    assert nbytes_of(value) == 2000 + 80 + 24
+    store: MapStore[WithTables] = MapStore(10**6)
+    kept = store.get("k", lambda: value)
+    assert store.stats().bytes == 2104 and not kept.tables[0].values["a"].flags.writeable

@@ -371,3 +371,35 @@ def test_dataset_run_enlarges_tiny_uploads_with_a_note(app_env: Path) -> None:
     assert run.analysis.images == 2 and done == [1, 2]  # both analysed, the progress counted between images
     assert len(run.notes) == 1 and run.notes[0].startswith("upload 1: A and B: The image is 2 x 3 px")
     assert len(run.skipped) == 1 and run.skipped[0].startswith("upload 3: ")
+
+
+def test_a_half_precision_view_shows_the_float32_metrics(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large view (here: every view, threshold 0) is drawn from float16 maps, while the Analysis page's metrics
+    are those of the float32 capture, for the default settings (kept with the view) and for others (captured
+    again)."""
+    import streamlit as st
+
+    import analysis.compare_view as compare_view
+    from app.screens.compare import HALF_NOTE
+
+    def analysis_tables(normalize: str) -> "pd.DataFrame":
+        at = start({"img": "digit:321"})
+        no_exceptions(at)
+        at.switch_page("entries/analysis.py").run()
+        at.selectbox(key="an-norm").set_value(normalize).run()
+        no_exceptions(at)
+        return at, at.dataframe[0].value
+
+    exact = {norm: analysis_tables(norm)[1] for norm in ("abs_rownorm", "none")}
+    st.cache_resource.clear()  # the float32 views and metrics go; the same image is captured again in float16
+    st.cache_data.clear()
+    monkeypatch.setattr(compare_view, "HALF_PRECISION_BYTES", 0)
+    compare = start({"img": "digit:321"})
+    assert [c.value for c in compare.caption].count(HALF_NOTE) == 2
+    for norm, want in exact.items():
+        _, got = analysis_tables(norm)
+        assert list(got.columns) == list(want.columns) and len(got) == len(want) == 16
+        numbers = [c for c in want.columns if c != "model"]
+        np.testing.assert_allclose(got[numbers].to_numpy(float), want[numbers].to_numpy(float), rtol=1e-6, atol=0)
+    st.cache_resource.clear()
+    st.cache_data.clear()
