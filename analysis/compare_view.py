@@ -143,8 +143,7 @@ class ModelView:
 
 
 def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: Optional[Sequence[float]] = None,
-                 precision: str = "auto", metric_settings: Sequence[MetricSettings] = (MetricSettings(),)
-                 ) -> ModelView:
+                 precision: str = "auto", metric_settings: Sequence[MetricSettings] = ()) -> ModelView:
     """One model on one picture: a forward pass with capture (`analysis.per_image.run_with_capture`, the one
     capture path of the app and the CLI), as a `ModelView`.
 
@@ -154,7 +153,9 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: O
 
     A float16 view (``precision`` "float16", or "auto" above `HALF_PRECISION_BYTES`) first computes the metrics
     of every ``metric_settings`` (with ``box``) from the float32 maps and keeps them (`ViewMetrics`); then the
-    maps are cast layer by layer. A float32 view keeps no metrics (they come from its maps).
+    maps are cast layer by layer. A float32 view keeps no metrics (they come from its maps). At N = 785 the
+    metrics cost several times the forward, so a view made only to be drawn asks for none (`view_metrics`
+    captures again in float32 when they are wanted later).
 
     Args:
         loaded: the model.
@@ -162,7 +163,7 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: O
         box: the object box (x0, y0, x1, y1) in input pixels for the localisation metrics, or None.
         precision: "auto", "float32" or "float16" (display maps; "float16" falls back to float32 when a map
             does not fit float16's range).
-        metric_settings: the metric settings computed at capture for a float16 view (default: the defaults).
+        metric_settings: the metric settings computed at capture for a float16 view (default: none).
     """
     from .per_image import run_with_capture
 

@@ -13,6 +13,7 @@ from typing import Optional
 
 import streamlit as st
 
+from analysis.attention_metrics import MetricSettings
 from analysis.compare_view import ModelView, capture_view
 
 from .images import ImageItem, sample_item, upload_item
@@ -54,18 +55,22 @@ def _item(image_key: str, upload: Optional[bytes], canvas: str) -> ImageItem:
     return get_upload(upload) if upload is not None else get_sample(image_key, canvas)
 
 
-def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
+def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str, with_metrics: bool = False
+             ) -> ModelView:
     """Captured maps of one model on one image: the forward pass runs once per (model, image) while the view
     is in the byte-bounded store; every session reads the same read-only arrays (no pickled copy).
 
     The image is named by its key (and, for uploads, its bytes, which are also what the key hashes), so
     changing the layer, head or query token never reaches the model again. A large view holds float16 display
-    maps and the default metrics computed from the float32 ones (`analysis.compare_view.capture_view`).
+    maps (`analysis.compare_view.capture_view`); captured ``with_metrics`` (for the Analysis page) it also keeps
+    the default metrics computed from the float32 maps. The flag is not part of the key: a view captured for the
+    Compare page serves the Analysis page too, whose metrics then come from a float32 capture (`exact_view`).
     """
     def compute() -> ModelView:
         item = _item(image_key, upload, canvas)
         with st.spinner("Running the model..."), _CAPTURE:
-            return capture_view(get_model(source), item.image, box=item.box)
+            return capture_view(get_model(source), item.image, box=item.box,
+                                metric_settings=(MetricSettings(),) if with_metrics else ())
 
     # An upload's key is the hash of its bytes, so the bytes themselves need not be part of the store's key.
     return map_store().get((source, image_key, canvas), compute)

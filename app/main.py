@@ -41,7 +41,8 @@ def main() -> None:
         st.Page(ENTRIES / "compare.py", title="Compare", url_path="compare", visibility="hidden"),
     ]
     page = st.navigation(pages)
-    set_context(render_sidebar())
+    # The Analysis page's views are captured with their metrics (one float32 pass instead of two, `app.cached`).
+    set_context(render_sidebar(with_metrics=page.url_path == "analysis"))
     page.run()
 
 

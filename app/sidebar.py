@@ -44,6 +44,7 @@ class Context:
         errors: messages about the selection (missing checkpoints, bad upload, ...).
         item: the current image.
         upload: the bytes of the current upload (None for samples), needed to key the caches.
+        with_metrics: capture new views with the Analysis page's default metrics (`app.cached.get_view`).
     """
 
     selection: Selection
@@ -51,6 +52,7 @@ class Context:
     errors: List[str]
     item: Optional[ImageItem]
     upload: Optional[bytes]
+    with_metrics: bool = False
 
     @property
     def ready(self) -> bool:
@@ -60,8 +62,8 @@ class Context:
     def views(self) -> Tuple[ModelView, ModelView]:
         """Captured maps of both models on the current image (cached per model and image)."""
         canvas = canvas_key(self.models[0].data if self.models[0] else None)
-        return tuple(cached.get_view(m.source, self.selection.img, self.upload, canvas)  # type: ignore[return-value]
-                     for m in self.models)
+        return tuple(cached.get_view(m.source, self.selection.img, self.upload, canvas,  # type: ignore[return-value]
+                                     self.with_metrics) for m in self.models)
 
     def layers(self, views: Tuple[ModelView, ModelView]) -> Tuple[int, int]:
         """0-based layer of A and of B at the same relative depth."""
@@ -138,8 +140,9 @@ def _uploads() -> Dict[str, Tuple[str, bytes]]:
     return dict(st.session_state.get(UPLOADS) or {})
 
 
-def render_sidebar() -> Context:
-    """Draw the shared selection widgets and return the page context."""
+def render_sidebar(with_metrics: bool = False) -> Context:
+    """Draw the shared selection widgets and return the page context (``with_metrics``: the page shows metrics,
+    so views it captures keep them, `Context.with_metrics`)."""
     params = st.query_params.to_dict()
     last = st.session_state.get(LAST_URL)
     errors: List[str] = []
@@ -203,12 +206,13 @@ def render_sidebar() -> Context:
 
     layer, head, query = 1, "mean", 0
     if models[0] is not None and models[1] is not None:
-        view_a = cached.get_view(models[0].source, img, item_upload, canvas)
+        view_a = cached.get_view(models[0].source, img, item_upload, canvas, with_metrics)
         _seed("layer", "layer", params, last, lambda t: parse_int(t, view_a.depth, 1, view_a.depth),
               view_a.depth)
         st.session_state["layer"] = min(max(int(st.session_state["layer"]), 1), view_a.depth)
         layer = sidebar.slider("Layer (model A; B follows by relative depth)", 1, view_a.depth, key="layer")
-        heads = min(view_a.num_heads, cached.get_view(models[1].source, img, item_upload, canvas).num_heads)
+        view_b = cached.get_view(models[1].source, img, item_upload, canvas, with_metrics)
+        heads = min(view_a.num_heads, view_b.num_heads)
         head_options = ["mean", "max"] + [str(h) for h in range(heads)]
         _seed("head", "head", params, last, lambda t: parse_head(t, heads), "mean")
         if st.session_state["head"] not in head_options:
@@ -229,7 +233,8 @@ def render_sidebar() -> Context:
     if changes:
         st.query_params.from_dict(changes)
     st.session_state[LAST_URL] = selection.to_url()
-    return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload)
+    return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload,
+                   with_metrics=with_metrics)
 
 
 # Set by app.main before the page script runs, read by the page script; one value per script-run thread,

@@ -68,7 +68,7 @@ def assert_same_metrics(got: dict, want: dict) -> None:
 @pytest.mark.parametrize("name", ["vanilla", "refined", "official"])
 def test_float16_view_draws_half_maps_and_keeps_the_float32_metrics(models, image, name) -> None:
     exact = capture_view(models[name], image, box=BOX, precision="float32")
-    half = capture_view(models[name], image, box=BOX, precision="float16")
+    half = capture_view(models[name], image, box=BOX, precision="float16", metric_settings=[MetricSettings()])
     assert exact.exact and exact.metrics == () and exact.effective.dtype == np.float32
     assert not half.exact and half.effective.dtype == half.softmax.dtype == np.float16
     assert np.shares_memory(half.softmax, half.effective) == (name == "vanilla")
@@ -135,8 +135,11 @@ def test_a_large_view_is_half_precision_and_its_store_bytes_are_halved(models, i
     assert small.exact and small.metrics == ()  # small models behave as before
     maps_bytes = small.effective.nbytes + small.softmax.nbytes
     assert maps_bytes <= HALF_PRECISION_BYTES
+    assert capture_view(models["refined"], image, box=BOX, metric_settings=[MetricSettings()]).exact
     monkeypatch.setattr(compare_view, "HALF_PRECISION_BYTES", maps_bytes - 1)
-    large = capture_view(models["refined"], image, box=BOX)
+    drawn_only = capture_view(models["refined"], image)
+    assert not drawn_only.exact and drawn_only.metrics == ()  # a view made to be drawn computes no metrics
+    large = capture_view(models["refined"], image, box=BOX, metric_settings=[MetricSettings()])
     assert not large.exact and len(large.metrics) == 1 and large.metrics[0].settings == MetricSettings()
     metric_bytes = sum(np.asarray(v).nbytes for v in large.metrics[0].values.values())
     store: MapStore[ModelView] = MapStore(10 * 2**30)
