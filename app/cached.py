@@ -9,12 +9,13 @@ bounded however many images are looked at.
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import streamlit as st
 
 from analysis.attention_metrics import MetricSettings
 from analysis.compare_view import ModelView, capture_view
+from refiner.capture_adapters import attention_layers
 
 from .images import ImageItem, sample_item, upload_item
 from .map_store import MapStore, budget_from_env
@@ -25,6 +26,15 @@ from .sources import LoadedModel, load_source
 # capturing at once would hold eight times that outside the map store's budget. The captures share the same
 # cores anyway, so running them one after the other costs no throughput; a session whose view is kept never waits.
 _CAPTURE = threading.Lock()
+# What a capture holds at its peak, beyond the model, in float32 map bytes B of the kinds it records (both for a
+# refined model, one array for a vanilla one) and M of one kind: B while the maps are copied out of the capture,
+# then the float16 copies (B / 2) of a large view; the default metrics add about 3.2 M (the row-normalised copy,
+# unit columns, locality and Jensen-Shannon temporaries). Measured on Refiner-ViT-L at 448 px (B = 2.5 GB): 6.2 GB
+# over the model with metrics. The store reserves this while the capture runs (`app.map_store.MapStore.reserving`).
+DRAW_WORKING_FACTOR = 1.5       # x B
+METRICS_WORKING_FACTOR = 3.5    # + x M
+# fp32 map bytes (B, M) of each source's last capture: a later capture reserves for what the model really records.
+_MAP_BYTES: Dict[str, Tuple[int, int]] = {}
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading model...")
@@ -68,9 +78,13 @@ def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str, 
     """
     def compute() -> ModelView:
         item = _item(image_key, upload, canvas)
-        with st.spinner("Running the model..."), _CAPTURE:
-            return capture_view(get_model(source), item.image, box=item.box,
+        model = get_model(source)
+        with st.spinner("Running the model..."), _CAPTURE, map_store().reserving(
+                capture_reserve_bytes(model, with_metrics)):
+            view = capture_view(model, item.image, box=item.box,
                                 metric_settings=(MetricSettings(),) if with_metrics else ())
+        _remember_map_bytes(source, view)
+        return view
 
     # An upload's key is the hash of its bytes, so the bytes themselves need not be part of the store's key.
     return map_store().get((source, image_key, canvas), compute)
@@ -80,5 +94,33 @@ def exact_view(source: str, image_key: str, upload: Optional[bytes], canvas: str
     """The float32 view of one model on one image, captured again and not kept: what the metrics of a float16
     view read for settings it was not captured with (`analysis.compare_view.view_metrics`)."""
     item = _item(image_key, upload, canvas)
-    with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE:
-        return capture_view(get_model(source), item.image, precision="float32")
+    model = get_model(source)
+    # Its float32 maps stay alive while the page's metrics are computed from them: the same reservation.
+    with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE, \
+            map_store().reserving(capture_reserve_bytes(model, True)):
+        return capture_view(model, item.image, precision="float32")
+
+
+def capture_reserve_bytes(loaded: LoadedModel, with_metrics: bool) -> int:
+    """The memory one capture of ``loaded`` holds at its peak (`DRAW_WORKING_FACTOR`, `METRICS_WORKING_FACTOR`):
+    from the model's last capture when there was one, else from its geometry (L blocks x H heads x N^2 float32
+    maps of both kinds, an upper bound); 0 for a model whose layers the capture cannot list (it fails anyway)."""
+    known = _MAP_BYTES.get(loaded.info.source)
+    if known is None:
+        try:
+            layers, _ = attention_layers(loaded.model)
+        except Exception:  # noqa: BLE001 - the capture itself reports an unsupported model, in words
+            return 0
+        tokens = loaded.info.num_prefix_tokens + loaded.info.grid_size[0] * loaded.info.grid_size[1]
+        heads = sum(int(getattr(a, "num_heads", 0) or getattr(a, "num_attention_heads", 0) or
+                        getattr(getattr(a, "attention", None), "num_attention_heads", 0) or 1) for a in layers)
+        one_kind = heads * tokens * tokens * 4
+        known = (2 * one_kind, one_kind)
+    held, one_kind = known
+    return int(DRAW_WORKING_FACTOR * held + (METRICS_WORKING_FACTOR * one_kind if with_metrics else 0))
+
+
+def _remember_map_bytes(source: str, view: ModelView) -> None:
+    """Record the float32 bytes of the maps a capture of ``source`` records (one array when both kinds share it)."""
+    one_kind = view.effective.size * 4
+    _MAP_BYTES[source] = (one_kind if view.softmax is view.effective else 2 * one_kind, one_kind)

@@ -7,6 +7,12 @@ every session gets the same object (no copy). Least recently used views are drop
 views kept would exceed the budget; a view larger than the whole budget is returned to its caller but not
 kept. Concurrent requests for the same view wait for one computation instead of running the model twice.
 
+A computation can reserve the memory it will need while it runs (`MapStore.reserving`: a capture holds its
+float32 maps, and at N = 785 the metrics' working arrays, several times the view it leaves behind): views are
+dropped until the views kept plus every reservation fit the budget, and a finished view is kept only if it fits
+beside the reservations still open. So the budget bounds the maps kept and the capture in progress together;
+only a single capture larger than the whole budget goes beyond it (by its own excess).
+
 The budget is ``$REFINER_APP_MAP_BUDGET_MB`` (``refiner app --map-budget-mb``); by default a quarter of the
 machine's memory, between `MIN_DEFAULT_BUDGET_MB` and `MAX_DEFAULT_BUDGET_MB` (`default_budget_bytes`), so two
 research-scale views (Refiner-ViT-L at 448 px and DINOv2-L at 518 px, 1.3-1.4 GB each in half precision) fit
@@ -21,6 +27,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, Generic, Hashable, Iterator, Mapping, Optional, TypeVar
 
@@ -73,7 +80,8 @@ class StoreStats:
         bytes: their array bytes.
         budget: the byte budget.
         evictions: views dropped to stay under the budget since start.
-        too_large: views larger than the whole budget (returned, not kept) since start.
+        too_large: views that did not fit the budget beside the open reservations (returned, not kept) since start.
+        reserved: bytes reserved now by computations in progress (`MapStore.reserving`).
     """
 
     entries: int
@@ -81,6 +89,7 @@ class StoreStats:
     budget: int
     evictions: int
     too_large: int
+    reserved: int = 0
 
 
 class MapStore(Generic[V]):
@@ -95,6 +104,7 @@ class MapStore(Generic[V]):
         self._bytes = 0
         self._evictions = 0
         self._too_large = 0
+        self._reserved = 0
         self._lock = threading.Lock()
         self._pending: Dict[Hashable, threading.Lock] = {}
 
@@ -119,16 +129,35 @@ class MapStore(Generic[V]):
             self._put(key, value)
             return value
 
+    @contextmanager
+    def reserving(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget while the block runs (a computation's working memory): least recently
+        used views are dropped until the views kept plus all reservations fit the budget (all of them when the
+        reservations alone exceed it)."""
+        nbytes = max(int(nbytes), 0)
+        with self._lock:
+            self._reserved += nbytes
+            self._evict_until(0)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= nbytes
+
+    def _evict_until(self, size: int) -> None:
+        """Drop least recently used views until they, the reservations and ``size`` more bytes fit (lock held)."""
+        while self._items and self._bytes + self._reserved + size > self.budget:
+            old, _ = self._items.popitem(last=False)
+            self._bytes -= self._sizes.pop(old)
+            self._evictions += 1
+
     def _put(self, key: Hashable, value: V) -> None:
         size = nbytes_of(value)
         with self._lock:
-            if size > self.budget:
+            if size + self._reserved > self.budget:
                 self._too_large += 1
                 return
-            while self._items and self._bytes + size > self.budget:
-                old, _ = self._items.popitem(last=False)
-                self._bytes -= self._sizes.pop(old)
-                self._evictions += 1
+            self._evict_until(size)
             self._items[key] = value
             self._sizes[key] = size
             self._bytes += size
@@ -136,7 +165,8 @@ class MapStore(Generic[V]):
     def stats(self) -> StoreStats:
         """Entries, bytes and budget now."""
         with self._lock:
-            return StoreStats(len(self._items), self._bytes, self.budget, self._evictions, self._too_large)
+            return StoreStats(len(self._items), self._bytes, self.budget, self._evictions, self._too_large,
+                              self._reserved)
 
 
 def default_budget_bytes(physical_bytes: Optional[int] = None) -> int:

@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import threading
@@ -267,10 +268,12 @@ def analysis_page(page: Any) -> float:
 
 def other_settings(page: Any) -> float:
     """Change the Analysis page's row normalisation to "none" until every chart is redrawn."""
-    page.get_by_text("Settings", exact=True).first.click()
+    page.locator("[data-testid=stExpander] summary", has_text="Settings").first.click()
+    select = page.locator("[data-testid=stMain] [data-testid=stSelectbox]", has_text="Normalise rows").first
+    select.wait_for(state="visible", timeout=60_000)
     start = time.perf_counter()
-    page.locator("[data-testid=stSelectbox]", has_text="Normalise rows").first.click()
-    page.get_by_role("option", name="none", exact=True).click()
+    select.click()
+    page.get_by_role("option").filter(has_text=re.compile(r"^\s*none\s*$")).first.click()
     # No URL parameter for this option: wait for the run to start (a stale element), then for the page to settle.
     try:
         page.wait_for_function("document.querySelector('[data-stale=true]') || document.querySelector("
@@ -303,6 +306,34 @@ def browse(browser: Any, base: str, source: str, images: List[str], sessions: in
         for page in pages:
             page.close()
     return {"step_s": steps, "sessions": sessions, "images": len(images)}
+
+
+def screenshots(browser: Any, base: str, source: str, image: str, folder: Path) -> Dict[str, str]:
+    """Each page (Models, Compare, Analysis, Dataset) with the model in both slots, as full-page screenshots
+    (after the measurements: nothing here is timed). Returns page -> file, or the error the page showed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = source.replace("random:", "").replace("?img_size=", "-").replace("/", "_")
+    page = browser.new_page(viewport=VIEWPORT)
+    out: Dict[str, str] = {}
+    try:
+        for name, path in (("models", "models"), ("compare", ""), ("analysis", "analysis"), ("dataset", "dataset")):
+            page.goto(view_url(base, source, image, path), timeout=900_000, wait_until="commit")
+            page.wait_for_selector("[data-testid=stSidebar] [data-testid=stSelectbox]", timeout=900_000)
+            try:
+                settle_long(page) if name in ("compare", "analysis") else page.wait_for_function(
+                    "() => document.querySelector('[data-testid=stApp]')?.getAttribute("
+                    "'data-test-script-state') === 'notRunning'", timeout=600_000, polling=500)
+            except Exception as error:  # noqa: BLE001 - the screenshot shows what the page has
+                out[f"{name}_wait_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+            file = folder / f"{stem}-{name}.png"
+            page.screenshot(path=str(file), full_page=True)
+            out[name] = str(file)
+            errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").all_inner_texts()
+            if errors:
+                out[f"{name}_errors"] = " | ".join(e[:300] for e in errors)
+    finally:
+        page.close()
+    return out
 
 
 def measure_model(source: str, args: argparse.Namespace, checkpoints: Path, playwright: Any) -> Dict[str, Any]:
@@ -346,11 +377,13 @@ def measure_model(source: str, args: argparse.Namespace, checkpoints: Path, play
             result["browse"] = browse(browser, base, source, images, args.sessions, sampler)
             result["peak_rss_gb"] = sampler.peak / GB
             result["hwm_gb"] = high_water_bytes() / GB
+            if args.screenshots is not None:
+                result["screenshots"] = screenshots(browser, base, source, images[-1], args.screenshots)
     finally:
         browser.close()
     budget = float(os.environ["REFINER_APP_MAP_BUDGET_MB"]) * 2**20 / GB
     result["map_budget_gb"] = budget
-    result["limit_gb"] = budget + result["base_rss_gb"]
+    result["limit_gb"] = budget + result["idle_rss_gb"] + model["param_bytes"] / GB
     result["within_limit"] = bool(result["peak_rss_gb"] <= result["limit_gb"])
     result["loadavg_end"] = os.getloadavg()
     for key in ("layer_redraw_s", "head_redraw_s", "query_redraw_s"):
@@ -393,6 +426,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--forwards", type=int, default=3, help="plain forwards timed per model")
     parser.add_argument("--map-budget-mb", type=float, default=None,
                         help="the server's map budget (default: the app's own default for this machine)")
+    parser.add_argument("--screenshots", type=Path, default=None,
+                        help="also save a screenshot of each page per model in this folder (after the timings)")
     parser.add_argument("--out", type=Path, default=RESULTS / "app_scale.json")
     args = parser.parse_args(argv)
     quick = {"images": 3, "sessions": 2, "interactions": 3, "new_images": 1}

@@ -117,3 +117,44 @@ def test_arrays_inside_tuples_and_mappings_are_counted_and_frozen() -> None:
     store: MapStore[WithTables] = MapStore(10**6)
     kept = store.get("k", lambda: value)
     assert store.stats().bytes == 2104 and not kept.tables[0].values["a"].flags.writeable
+
+
+def test_a_reservation_makes_room_first_and_keeps_the_budget_with_what_is_kept() -> None:
+    """Views kept plus the memory reserved by a computation in progress never exceed the budget."""
+    store: MapStore[View] = MapStore(int(4.5 * 2**20))
+    for key in "abcd":
+        store.get(key, lambda: view(1))
+    assert store.stats().entries == 4
+    with store.reserving(2 * 2**20):                       # 4 MB kept + 2 MB reserved > 4.5 MB: two go
+        stats = store.stats()
+        assert stats.entries == 2 and stats.reserved == 2 * 2**20 and stats.bytes + stats.reserved <= stats.budget
+        store.get("e", lambda: view(1))                    # fits beside the reservation: the oldest left goes
+        stats = store.stats()
+        assert stats.bytes + stats.reserved <= stats.budget and stats.entries == 2
+        store.get("f", lambda: view(3))                    # cannot fit beside the reservation: returned, not kept
+        assert store.stats().too_large == 1
+    assert store.stats().reserved == 0
+    with store.reserving(10 * 2**20):                      # more than the budget: everything goes
+        assert store.stats().entries == 0
+    store.get("g", lambda: view(3))
+    assert store.stats().entries == 1
+
+
+def test_a_capture_reserves_its_working_memory_from_the_geometry_then_from_what_it_recorded() -> None:
+    import refiner
+    from analysis.compare_view import capture_view
+    from app import cached
+    from refiner import LoadedModel
+    from refiner.loading import describe
+    from PIL import Image
+
+    model = refiner.create_model("vit_micro_patch4_32").eval()  # 4 blocks x 4 heads, N = 65
+    loaded = LoadedModel(model=model, info=describe(model, name="v", source="reserve-test", kind="random",
+                                                    weights="test", weights_sha256="0"), label="v")
+    one_kind = 4 * 4 * 65 * 65 * 4
+    cached._MAP_BYTES.pop("reserve-test", None)
+    assert cached.capture_reserve_bytes(loaded, False) == int(1.5 * 2 * one_kind)   # both kinds: an upper bound
+    assert cached.capture_reserve_bytes(loaded, True) == int(1.5 * 2 * one_kind + 3.5 * one_kind)
+    cached._remember_map_bytes("reserve-test", capture_view(loaded, Image.new("RGB", (32, 32))))
+    assert cached.capture_reserve_bytes(loaded, False) == int(1.5 * one_kind)        # a vanilla model: one array
+    cached._MAP_BYTES.pop("reserve-test", None)
