@@ -8,13 +8,14 @@ from analysis.view_figures import PATCH_TRACE
 
 
 def clicked_patch(point: Mapping[str, Any], grid: Tuple[int, int]) -> Optional[Tuple[int, int]]:
-    """The (row, col) patch of a point from a Streamlit selection on an `attention_overlay` figure.
+    """The (row, col) patch of a click on an `attention_overlay` figure.
 
-    The patch comes from the point's index, not its ``customdata``: plotly >= 6 sends numpy customdata as a
-    typed array, which reaches Python as a dict {"0": row, "1": col, ...} rather than a list.
+    The patch comes from the point's index, not its ``customdata``: plotly >= 6 keeps numpy customdata as a
+    typed array, which would reach Python as a dict {"0": row, "1": col, ...} rather than a list.
 
     Args:
-        point: one entry of ``selection["points"]`` (keys ``curve_number`` and ``point_index``).
+        point: the clicked point as `app.charts.show_chart` reports it (keys ``curve_number`` and
+            ``point_index``; ``point_number`` is read when ``point_index`` is missing).
         grid: (Gh, Gw) patch grid of the figure.
 
     Returns:

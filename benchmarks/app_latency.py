@@ -50,7 +50,7 @@ RESULTS = REPO / "benchmarks" / "results"
 GOALS = {"first_page_s": 2.0, "layer_redraw_s": 0.3, "query_redraw_s": 0.3}
 
 # Titles of the two overlay charts ("A: vanilla, layer 8/8, ..."; the only titles with "layer l/L").
-TITLES = """() => Array.from(document.querySelectorAll('[data-testid=stPlotlyChart] .js-plotly-plot'))
+TITLES = """() => Array.from(document.querySelectorAll('div.refiner-chart'))
   .map(p => (p.querySelector('.gtitle') || {}).textContent || '').filter(t => /^[AB]: .*layer \\d+\\//.test(t))
   .slice(0, 2)"""
 # True once both overlay charts are drawn with their titles.
@@ -103,7 +103,7 @@ def measure_server(checkpoints: Path, interactions: int, playwright: Any) -> Dic
 
             queries: List[float] = []
             queries_first: List[float] = []
-            box = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first.bounding_box()
+            box = page.locator("div.refiner-chart").first.locator("rect.nsewdrag").first.bounding_box()
             caption = page.locator("[data-testid=stCaptionContainer]", has_text="Query:").first
             for index in range(interactions):
                 before = caption.inner_text()

@@ -17,7 +17,7 @@ from analysis.compare_view import (CompareSettings, ModelView, compare_figures, 
                                    map_query, patch_token, token_label)
 
 from ..bundle import ViewContents, build_bundle, bundle_labels
-from ..charts import show_chart
+from ..charts import ChartClick, show_chart
 from ..exports import bundle_export, figure_exports, maps_export
 from ..model_info import model_notes
 from ..selection import COMPARE_TABS
@@ -38,11 +38,10 @@ LEGEND = ("**Reading the maps.** Each overlay is the chosen query's row of the a
           "own range, tick *Same colour scale for A and B* to compare magnitudes.")
 
 
-def _on_click(slot: int, grid: Tuple[int, int], prefix: int, other: Optional[Tuple[int, Tuple[int, int]]]) -> None:
+def _on_click(slot: int, grid: Tuple[int, int], prefix: int, other: Optional[Tuple[int, Tuple[int, int]]],
+              point: ChartClick) -> None:
     """A patch was clicked on slot ``slot``'s overlay: make it the query token (in model A's numbering)."""
-    state = st.session_state.get(CLICK_KEYS[slot]) or {}
-    points = state.get("selection", {}).get("points", [])
-    patch = clicked_patch(points[0], grid) if points else None
+    patch = clicked_patch(point, grid)
     if patch is None:
         return
     row, col = patch
@@ -115,8 +114,8 @@ def render(ctx: Context) -> None:
             st.subheader(f"{'AB'[slot]}: {model.label}")
             stem = figure_stem("overlay", slot, layer)
             other = (views[0].num_prefix_tokens, views[0].grid) if slot == 1 else None
-            show_chart(figs[stem], key=CLICK_KEYS[slot], selection_mode="points", config={"displayModeBar": False},
-                       on_select=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
+            show_chart(figs[stem], key=CLICK_KEYS[slot], config={"displayModeBar": False},
+                       on_click=functools.partial(_on_click, slot, view.grid, view.num_prefix_tokens, other))
             figure_exports(figs[stem], stem, key=f"exp-overlay-{slot}")
             stem = figure_stem("top5", slot, layer)
             show_chart(figs[stem], key=f"top5-{slot}", config={"displayModeBar": False})

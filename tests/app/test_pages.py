@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
@@ -29,6 +31,21 @@ def start(params: dict | None = None) -> AppTest:
     return at.run()
 
 
+def charts(at: AppTest) -> Dict[str, dict]:
+    """{key: plotly figure as the browser receives it} of every chart the last run drew (`app.charts.show_chart`)."""
+    drawn = {}
+    for element in at.get("bidi_component"):
+        if element.proto.component_name == "refiner_chart":
+            data = json.loads(element.proto.json)
+            drawn[_user_key(element.proto.id)] = dict(json.loads(data["figure"]), _data=data)
+    return drawn
+
+
+def _user_key(element_id: str) -> str:
+    # Element ids are "$$ID-<hash>-<user key>".
+    return element_id.split("-", 2)[2]
+
+
 def no_exceptions(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
@@ -39,7 +56,7 @@ def test_compare_defaults_to_the_pair_and_writes_the_url(app_env: Path) -> None:
     assert at.title[0].value == "Compare attention"
     assert at.sidebar.selectbox(key="a").value == "vanilla" and at.sidebar.selectbox(key="b").value == "refined"
     assert at.query_params["a"] == ["vanilla"] or at.query_params["a"] == "vanilla"
-    assert len(at.get("plotly_chart")) >= 4  # two overlays, two top-5 charts at least
+    assert {"click-a", "click-b", "top5-0", "top5-1"} <= set(charts(at))  # both overlays and top-5 charts
 
 
 def test_url_restores_the_selection_and_widgets_update_it(app_env: Path) -> None:
@@ -241,12 +258,26 @@ def test_dataset_page_runs_twice_and_in_a_second_session(app_env: Path) -> None:
         assert at.slider(key="ds-count").proto.max == 1000  # the whole 1,000-canvas test set can be run
 
 
-def test_charts_are_drawn_without_streamlit_theme(app_env: Path) -> None:
+def test_charts_are_drawn_as_exported_and_redrawn_in_place(app_env: Path) -> None:
     at = start()
-    charts = at.get("plotly_chart")
-    assert charts and all(c.proto.theme == "" for c in charts)  # "streamlit" would recolour the figure
+    drawn = charts(at)
+    overlay = drawn["click-a"]
+    # The figure goes to plotly.js untouched (no Streamlit theme): Inferno starts at black, as in the exports.
+    heatmap = next(t for t in overlay["data"] if t["type"] == "heatmap")
+    assert heatmap["colorscale"][0][1] in ("rgb(0,0,4)", "rgb(0, 0, 4)", "#000004")
+    assert overlay["_data"]["clickable"] and not drawn["top5-0"]["_data"]["clickable"]
+    assert overlay["_data"]["plotlyUrl"].endswith("/plotly.min.js")
+    # A layer change keeps every element's key (so the browser diffs into the same plot node) and changes the
+    # overlay's revision; the top-5 bars do not depend on the layer and keep theirs.
+    at.sidebar.slider(key="layer").set_value(2).run()
+    no_exceptions(at)
+    again = charts(at)
+    assert set(again) == set(drawn)
+    assert again["click-a"]["_data"]["revision"] != overlay["_data"]["revision"]
+    assert again["top5-0"]["_data"]["revision"] == drawn["top5-0"]["_data"]["revision"]
     at.switch_page("entries/analysis.py").run()
-    assert all(c.proto.theme == "" for c in at.get("plotly_chart"))
+    no_exceptions(at)
+    assert charts(at)
 
 
 def test_analysis_table_has_every_layer(app_env: Path) -> None:
@@ -270,7 +301,7 @@ def test_url_restores_the_whole_view(app_env: Path) -> None:
     assert at.radio(key="kind").value == "softmax" and at.checkbox(key="shared").value is True
     assert at.slider(key="opacity").value == 0.35
     assert at.session_state["compare-tab"] == "N x N matrix"
-    assert any(c.key == "matrix-0" for c in at.get("plotly_chart") if hasattr(c, "key"))
+    assert "matrix-0" in charts(at)
     assert _params(at)["tab"] == "matrix" and _params(at)["kind"] == "softmax"
     # The options survive a visit to another page, and the Analysis page takes the rollout fusion from the URL.
     at.switch_page("entries/analysis.py").run()
@@ -349,7 +380,7 @@ def test_an_image_smaller_than_a_patch_is_enlarged_with_a_note(app_env: Path) ->
     notes = [w.value for w in at.sidebar.warning]
     assert any(n.startswith("A and B: The image is 1 x 1 px, smaller than one 6 x 6 patch") and "48 x 48" in n
                for n in notes), notes
-    assert len(at.get("plotly_chart")) >= 4  # both overlays and both top-5 charts are drawn
+    assert {"click-a", "click-b", "top5-0", "top5-1"} <= set(charts(at))  # both overlays and top-5 charts
     assert "Upload: cat.png" in at.sidebar.selectbox(key="img").options  # the previous image is still there
     at.switch_page("entries/analysis.py").run()
     no_exceptions(at)

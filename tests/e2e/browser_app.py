@@ -1,5 +1,5 @@
 """Start the app on a free localhost port and open it in headless Chromium (shared by the e2e test and the
-latency benchmark)."""
+latency benchmarks)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 # True once the page has settled: Streamlit's script run is over (stApp's data-test-script-state), no element
 # is stale (Streamlit marks every element of the previous run stale until this run re-sends or drops it), and
-# every plotly chart has a drawn plot. Polled on animation frames, so the paint of the last chart is in.
+# every chart shows the figure this run sent (app/chart_component.js marks each plot node with the revision it
+# was asked for and the one it has drawn). Polled on animation frames, so the paint of the last chart is in.
 SETTLED = """() => {
   const app = document.querySelector('[data-testid=stApp]');
   if (!app || app.getAttribute('data-test-script-state') === 'running') return false;
   if (document.querySelector('[data-stale=true]')) return false;
-  const charts = Array.from(document.querySelectorAll('[data-testid=stPlotlyChart]'));
-  return charts.length > 0 && charts.every(c => c.querySelector('.js-plotly-plot .main-svg'));
+  const charts = Array.from(document.querySelectorAll('div.refiner-chart'));
+  return charts.length > 0 && charts.every(c => c.dataset.drawn === c.dataset.want && c.querySelector('.main-svg'));
 }"""
 
 

@@ -35,7 +35,7 @@ def url_params(page) -> dict:
 def wait_for_charts(page, count: int = 2) -> None:
     """Wait for ``count`` charts, then until the run is over and every chart is redrawn (a fixed pause let a
     loaded machine click a chart of the previous run that was being replaced)."""
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {count}", timeout=90_000)
+    page.wait_for_function(f"document.querySelectorAll('div.refiner-chart[data-drawn]').length >= {count}", timeout=90_000)
     settle(page)
 
 
@@ -75,7 +75,7 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         # Click a patch on the left overlay: the query token in the URL changes away from CLS.
         before = url_params(page).get("q")
         # The plot area (plotly's drag layer) of the left overlay, not the whole chart with title and colour bar.
-        drag = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first
+        drag = page.locator("div.refiner-chart").first.locator("rect.nsewdrag").first
         drag.wait_for(state="visible", timeout=60_000)
         box = drag.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6)
@@ -232,7 +232,7 @@ def test_whole_view_from_a_url_back_reload_and_colours(tmp_path: Path) -> None:
         assert state() == restored
 
         # Colours: the overlay heatmap as the page drew it against the same figure exported as SVG.
-        drawn = page.evaluate("() => document.querySelector('.js-plotly-plot .hm image').getAttribute('href')")
+        drawn = page.evaluate("() => document.querySelector('div.refiner-chart .hm image').getAttribute('href')")
         page.get_by_role("button", name="Export figure").first.click()
         with page.expect_download(timeout=120_000) as download:
             page.get_by_role("button", name="SVG", exact=True).first.click()
