@@ -16,7 +16,7 @@ shipped = [SHIPPED] + [f"{SHIPPED}.{name}" for name in folders]
 
 packages = find_namespace_packages(include=["refiner", "refiner.*", "refiner_cli", "analysis", "analysis.*", "app",
                                             "app.*"], exclude=["*.__pycache__"])
-package_data = {"refiner": ["py.typed"], "analysis": ["py.typed"], "app": ["py.typed"], SHIPPED: ["README.md"]}
+package_data = {"refiner": ["py.typed"], "analysis": ["py.typed"], "app": ["py.typed", "chart_component.js"], SHIPPED: ["README.md"]}
 package_data.update({f"{SHIPPED}.{name}": ["config.json", "metrics.json", "model.safetensors"] for name in folders})
 
 # package-data must not be set in pyproject.toml as well: setuptools would let it replace this one.
