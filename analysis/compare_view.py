@@ -243,6 +243,16 @@ def _map_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequen
                                None if box is None else tuple(box), class_token_index=view.class_token_index)
 
 
+def kept_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]]
+                 ) -> Optional[Dict[str, np.ndarray]]:
+    """The metrics a view computed at capture for these settings and box (`ViewMetrics`), or None."""
+    wanted = _box_key(box)
+    for kept in view.metrics:
+        if kept.settings == settings and kept.box == wanted:
+            return dict(kept.values)
+    return None
+
+
 def view_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]],
                  exact_view: Callable[[], ModelView]) -> Dict[str, np.ndarray]:
     """Every section 5 metric of a view, always from float32 maps.
@@ -260,10 +270,9 @@ def view_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequen
     Returns:
         `analysis.attention_metrics.METRICS` key -> array.
     """
-    wanted = _box_key(box)
-    for kept in view.metrics:
-        if kept.settings == settings and kept.box == wanted:
-            return dict(kept.values)
+    kept = kept_metrics(view, settings, box)
+    if kept is not None:
+        return kept
     source = view if view.exact else exact_view()
     if not source.exact:
         raise ValueError("exact_view() returned a float16 view; metrics need the float32 maps")

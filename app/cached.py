@@ -9,12 +9,13 @@ bounded however many images are looked at.
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import streamlit as st
 
 from analysis.attention_metrics import MetricSettings
-from analysis.compare_view import ModelView, capture_view
+from analysis.compare_view import ModelView, capture_view, kept_metrics, view_metrics
 from refiner.capture_adapters import attention_layers
 
 from .images import ImageItem, sample_item, upload_item
@@ -90,15 +91,27 @@ def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str, 
     return map_store().get((source, image_key, canvas), compute)
 
 
-def exact_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
-    """The float32 view of one model on one image, captured again and not kept: what the metrics of a float16
-    view read for settings it was not captured with (`analysis.compare_view.view_metrics`)."""
+def get_metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, settings: MetricSettings,
+                box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
+    """Every metric of one model on one image, from float32 maps (`analysis.compare_view.view_metrics`).
+
+    A float32 view computes them from its maps, a float16 view returns those it kept from its capture; otherwise
+    the model runs again in float32 and the metrics are computed from that capture, not kept, inside the same
+    capture slot and memory reservation as a capture (its float32 maps and the metrics' working arrays are
+    alive together, `METRICS_WORKING_FACTOR`)."""
+    view = get_view(source, image_key, upload, canvas, with_metrics=True)
+    if view.exact or kept_metrics(view, settings, box) is not None:
+        return view_metrics(view, settings, box, exact_view=_no_capture)
     item = _item(image_key, upload, canvas)
     model = get_model(source)
-    # Its float32 maps stay alive while the page's metrics are computed from them: the same reservation.
     with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE, \
             map_store().reserving(capture_reserve_bytes(model, True)):
-        return capture_view(model, item.image, precision="float32")
+        exact = capture_view(model, item.image, precision="float32")
+        return view_metrics(exact, settings, box, exact_view=_no_capture)
+
+
+def _no_capture() -> ModelView:
+    raise AssertionError("a float32 view or kept metrics need no new capture")
 
 
 def capture_reserve_bytes(loaded: LoadedModel, with_metrics: bool) -> int:

@@ -14,7 +14,6 @@ import streamlit as st
 
 from analysis import figures
 from analysis.attention_metrics import METRICS, MetricSettings, rollout_map
-from analysis.compare_view import view_metrics
 
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
@@ -33,8 +32,7 @@ def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, 
              box: Optional[Tuple[int, int, int, int]]) -> Dict[str, np.ndarray]:
     """Every metric of one model on one image (cached per model, image and settings), from float32 maps: a
     large view's float16 maps are only drawn (`analysis.compare_view.view_metrics`)."""
-    view = cached.get_view(source, image_key, upload, canvas, with_metrics=True)
-    return view_metrics(view, settings, box, functools.partial(cached.exact_view, source, image_key, upload, canvas))
+    return cached.get_metrics(source, image_key, upload, canvas, settings, box)
 
 
 def _settings() -> MetricSettings:
