@@ -208,7 +208,7 @@ def timed(action: Callable[[], None], page: Any, param: str) -> float:
 def open_view(page: Any, url: str) -> float:
     start = time.perf_counter()
     page.goto(url, timeout=900_000, wait_until="commit")
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=900_000)
+    page.wait_for_function("document.querySelectorAll('div.refiner-chart[data-drawn]').length >= 2", timeout=900_000)
     settle_long(page)
     return time.perf_counter() - start
 
@@ -246,7 +246,7 @@ def interactions(page: Any, count: int, heads: int) -> Dict[str, List[float]]:
         head_s.append(timed(pick, page, "head"))
         page.wait_for_timeout(200)
     for index in range(count):
-        box = page.locator(".js-plotly-plot").first.locator("rect.nsewdrag").first.bounding_box()
+        box = page.locator("div.refiner-chart").first.locator("rect.nsewdrag").first.bounding_box()
         fx = 0.15 + 0.7 * ((index * 0.37) % 1.0)      # a different patch each time
         fy = 0.15 + 0.7 * ((index * 0.61 + 0.3) % 1.0)
         x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
@@ -261,7 +261,7 @@ def analysis_page(page: Any) -> float:
     start = time.perf_counter()
     page.get_by_role("link", name="Analysis").click()
     page.get_by_text("Analysis of the current image").wait_for(timeout=900_000)
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=900_000)
+    page.wait_for_function("document.querySelectorAll('div.refiner-chart[data-drawn]').length >= 3", timeout=900_000)
     settle_long(page)
     return time.perf_counter() - start
 
@@ -297,7 +297,7 @@ def browse(browser: Any, base: str, source: str, images: List[str], sessions: in
                 position = min(max(step - index % 2, 0), len(images) - 1)
                 page.goto(view_url(base, source, images[position]), timeout=900_000, wait_until="commit")
             for page in pages:
-                page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2", timeout=900_000)
+                page.wait_for_function("document.querySelectorAll('div.refiner-chart[data-drawn]').length >= 2", timeout=900_000)
                 settle_long(page)
             steps.append(time.perf_counter() - start)
             print(f"    browse step {step + 1}/{len(images) + 1}: {steps[-1]:.1f} s, server RSS now "
@@ -365,7 +365,7 @@ def measure_model(source: str, args: argparse.Namespace, checkpoints: Path, play
                                "analysis"), timeout=900_000, wait_until="commit")
             start = time.perf_counter()
             page.get_by_text("Analysis of the current image").wait_for(timeout=900_000)
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=900_000)
+            page.wait_for_function("document.querySelectorAll('div.refiner-chart[data-drawn]').length >= 3", timeout=900_000)
             settle_long(page)
             result["analysis_new_image_s"] = time.perf_counter() - start
             result["per_image_metrics_s"] = result["analysis_new_image_s"] - model["forward_s"]
