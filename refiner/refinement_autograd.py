@@ -10,9 +10,11 @@ three autograd functions compute exactly the same values and gradients with fewe
   ``W mean(A)`` and ``diag(W Cov(A) W^T)``, computed from the (H,) sums and (H, H) second moments of A (one
   small GEMM), and BN folds into W: one 1x1 convolution (`expand_heads`) writes the (B, N*N, rH) maps
   channels-last, the layout the depthwise convolution wants.
-- `NormReLU6`: relu6(BN(z)) for the depthwise convolution's output, with fp32 statistics from two reductions,
-  one fused multiply-add for normalise, and a backward that reads the saved ReLU6 output (kept anyway by the
-  reduction's GEMM) for its mask and does BN's backward as one multiply-add per element.
+- `NormReLU6`: relu6(BN(z)) for the depthwise convolution's output: one pass for the statistics, one for
+  normalise + ReLU6, and a backward that reads the saved ReLU6 output (kept anyway by the reduction's GEMM)
+  for its mask, with one pass for BN's two column sums and one for the input gradient. These passes (and
+  the expansion's masked gradient with its sums) are `refiner.refinement_kernels`: fused C++ loops compiled
+  by inductor for float32 on a CPU, the same arithmetic as PyTorch operations elsewhere.
 - `ReduceNorm`: BN(W y) for the reduction back to H heads, one batched GEMM into the (B, H, N*N) layout of
   the attention maps, its gradient back into the channels-last layout of y.
 
@@ -27,6 +29,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
+
+from . import refinement_kernels as kernels
 
 
 def update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -49,24 +53,6 @@ def update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Te
         norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), factor)
         unbiased = var.detach() * (count / max(count - 1, 1))
         norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), factor)
-
-
-def channel_sums(x: torch.Tensor, lines: int = 256) -> torch.Tensor:
-    """Sum over the rows of channels-last values, (M, C) -> (C,).
-
-    A reduction over rows of only C (here 6-48) values vectorises poorly (``x.sum(0)``: 1.9 ms for
-    (270400, 12) on this CPU). Seen as (M / k, k * C), ``lines`` = k rows side by side, the sum is a
-    matrix-vector product with a vector of ones, which BLAS does at memory speed (0.5 ms); each of its k * C
-    outputs adds only M / k values one after another, and the k partial sums per channel are added by a
-    pairwise reduction, so the result is as close to the exact sum as ``x.sum(0)`` (about 1e-7 relative
-    where a single product over all M rows is 100 times further off).
-    """
-    m, c = x.shape
-    rows = m // lines
-    if rows == 0:
-        return x.sum(0)
-    total = torch.mv(x[:rows * lines].reshape(rows, lines * c).t(), x.new_ones(rows)).view(lines, c).sum(0)
-    return total + x[rows * lines:].sum(0) if rows * lines < m else total
 
 
 def _bn_coefficients(gamma: torch.Tensor, rstd: torch.Tensor, mean: torch.Tensor, sum_grad: torch.Tensor,
@@ -153,10 +139,11 @@ class ExpandNormReLU6(torch.autograd.Function):
         maps, y, weight, gamma, beta, mean_maps, second_maps, folded = ctx.saved_tensors
         b, heads, pixels = maps.shape
         count = b * pixels
-        # ReLU6's mask from its output: y is in (0, 6) exactly where its input was.
-        grad = torch.ops.aten.hardtanh_backward(grad_y, y, 0.0, 6.0)  # (B, P, C)
+        # ReLU6's mask from its output (y is in (0, 6) exactly where its input was) and the shift's gradient.
+        channels = y.shape[-1]
+        grad, grad_shift = kernels.relu6_grad_with_sums(grad_y.reshape(-1, channels), y.reshape(-1, channels))
+        grad = grad.view(y.shape)  # (B, P, C)
         grad_folded = torch.bmm(maps, grad).sum(0).t()  # (C, H)
-        grad_shift = channel_sums(grad.view(-1, grad.shape[-1]))  # (C,)
         # The statistics are small tensors: let autograd carry their gradient to W, gamma, beta and the moments.
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (weight, gamma, beta, mean_maps, second_maps)]
@@ -181,12 +168,10 @@ class NormReLU6(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                 eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        count = z.shape[0]
-        mean = channel_sums(z) / count
-        var = (channel_sums(z * z) / count - mean * mean).clamp_(min=0)
+        mean, var = kernels.norm_stats(z)
         rstd = torch.rsqrt(var + eps)
         scale = gamma * rstd
-        y = torch.addcmul(beta - mean * scale, z, scale).clamp_(0.0, 6.0)
+        y = kernels.scale_shift_relu6(z, scale, beta - mean * scale)
         ctx.save_for_backward(z, y, gamma, mean, rstd)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -196,11 +181,10 @@ class NormReLU6(torch.autograd.Function):
                  _grad_var: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
         z, y, gamma, mean, rstd = ctx.saved_tensors
         count = z.shape[0]
-        grad = torch.ops.aten.hardtanh_backward(grad_y, y, 0.0, 6.0)
-        sum_grad = channel_sums(grad)
-        sum_grad_x = rstd * (channel_sums(grad * z) - mean * sum_grad)
+        sum_grad, sum_grad_z = kernels.relu6_norm_grad_sums(grad_y, y, z)
+        sum_grad_x = rstd * (sum_grad_z - mean * sum_grad)
         a, b, c = _bn_coefficients(gamma, rstd, mean, sum_grad, sum_grad_x, count)
-        grad_z = torch.addcmul(c, z, b).addcmul_(grad, a)
+        grad_z = kernels.relu6_norm_grad(grad_y, y, z, a, b, c)
         return grad_z, sum_grad_x, sum_grad, None
 
 

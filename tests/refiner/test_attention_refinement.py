@@ -215,3 +215,99 @@ def test_fused_path_under_autocast_gets_fp32_maps_outside_autocast(monkeypatch) 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = body(_attention(torch.bfloat16))
     assert seen == {"dtype": torch.float32, "autocast": False} and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["sequence", "spatial"])
+@pytest.mark.parametrize("zero_init", [False, True])
+def test_training_step_with_the_compiled_kernels_switched_off_equals_the_nn_layer_body(
+        layout: str, zero_init: bool, monkeypatch) -> None:
+    # The eager twins of the fused CPU kernels (what runs without a C++ compiler) in float32.
+    from refiner import refinement_kernels
+
+    monkeypatch.setenv(refinement_kernels.ENV_SWITCH, "0")
+    new = _randomised_body(layout, zero_init, torch.float32).train()
+    old = copy.deepcopy(new)
+    attn = _attention(torch.float32)
+    torch.manual_seed(3)
+    grad = torch.randn(attn.shape)
+    out_new, dx_new, grads_new = _run(new, AttentionRefinement.forward, attn, grad)
+    out_old, dx_old, grads_old = _run(old, reference_body, attn, grad)
+    torch.testing.assert_close(out_new, out_old, atol=2e-5 * (float(out_old.abs().max()) + 1), rtol=2e-5)
+    torch.testing.assert_close(dx_new, dx_old, atol=2e-5 * (float(dx_old.abs().max()) + 1), rtol=2e-5)
+    for name, ref in grads_old.items():
+        torch.testing.assert_close(grads_new[name], ref, atol=2e-5 * (float(ref.abs().max()) + 1), rtol=2e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    for (name, a), (_, b) in zip(new.named_buffers(), old.named_buffers()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _kernel_inputs(rows: int = 5000, channels: int = 7):
+    """(grad_y, y, z, per-channel a, b, c): y is ReLU6 of z, with values exactly on and beyond both bounds."""
+    torch.manual_seed(5)
+    z = 4 * torch.randn(rows, channels) + 3
+    z[:50] = 0.0
+    z[50:100] = 6.0
+    y = z.clamp(0.0, 6.0)
+    grad_y = torch.randn(rows, channels)
+    a, b, c = torch.randn(3, channels).unbind(0)
+    return grad_y, y, z, a, b, c
+
+
+@pytest.mark.skipif(not _inductor_cpu_available(), reason="inductor's CPU backend needs a C++ compiler")
+def test_compiled_cpu_kernels_equal_their_eager_twins_and_the_plain_formulas() -> None:
+    from refiner import refinement_kernels as kernels
+
+    grad_y, y, z, a, b, c = _kernel_inputs()
+    inside = (z > 0) & (z < 6)  # ReLU6 passes the gradient strictly inside its bounds
+    masked = torch.where(inside, grad_y, 0.0)
+    expected = {
+        "norm_stats": ((z.double().mean(0), z.double().var(0, unbiased=False)), (z,)),
+        "scale_shift_relu6": ((z.double() * a + b).clamp(0, 6), (z, a, b)),
+        "relu6_norm_grad_sums": ((masked.double().sum(0), (masked.double() * z).sum(0)), (grad_y, y, z)),
+        "relu6_norm_grad": (masked.double() * a + z.double() * b + c, (grad_y, y, z, a, b, c)),
+        "relu6_grad_with_sums": ((masked.double(), masked.double().sum(0)), (grad_y, y)),
+    }
+    assert set(expected) == set(kernels._KERNELS)
+    for name, (want, args) in expected.items():
+        fused, eager = kernels._KERNELS[name]
+        compiled = kernels._run(name, *args)
+        assert name in kernels._compiled and not kernels._failed, name
+        for got in (compiled, eager(*args)):
+            for g, w in zip(*(torch.utils._pytree.tree_leaves(t) for t in (got, want))):
+                assert g.dtype == torch.float32, name
+                torch.testing.assert_close(g.double(), w, atol=1e-5 * float(w.abs().max()), rtol=1e-5,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_compiled_kernels_only_for_float32_cpu_values_and_can_be_switched_off(monkeypatch) -> None:
+    from refiner import refinement_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_failed", False)
+    assert kernels.compiled_wanted(torch.zeros(2, 3))
+    assert not kernels.compiled_wanted(torch.zeros(2, 3, dtype=torch.float64))
+    assert not kernels.compiled_wanted(torch.zeros(2, 3, device="meta"))
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert not kernels.compiled_wanted(torch.zeros(2, 3))
+
+
+def test_a_failed_kernel_compilation_warns_once_and_falls_back_to_the_eager_twins(monkeypatch) -> None:
+    from refiner import refinement_kernels as kernels
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels.torch, "compile", no_compiler)
+    body = _randomised_body("sequence", False, torch.float32).train()
+    old = copy.deepcopy(body)
+    attn = _attention(torch.float32)
+    torch.manual_seed(3)
+    grad = torch.randn(attn.shape)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here") as caught:
+        out_new, dx_new, _ = _run(body, AttentionRefinement.forward, attn, grad)
+    assert len([w for w in caught if "compiled CPU kernels" in str(w.message)]) == 1
+    out_old, dx_old, _ = _run(old, reference_body, attn, grad)
+    torch.testing.assert_close(out_new, out_old, atol=2e-5 * (float(out_old.abs().max()) + 1), rtol=2e-5)
+    torch.testing.assert_close(dx_new, dx_old, atol=2e-5 * (float(dx_old.abs().max()) + 1), rtol=2e-5)
+    assert kernels._failed and not kernels.compiled_wanted(attn)
