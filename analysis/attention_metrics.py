@@ -1,7 +1,10 @@
 """The whole DESIGN section 5 metric suite for one model's maps on one image, as a flat table of arrays.
 
 `compute_map_metrics` is what the per-image pipeline, the dataset pipeline and the latency benchmark run.
-It normalises the maps once and calls the pure metric functions of the sibling modules. Results are a
+It goes through the maps one layer at a time (layers in parallel threads): each layer is normalised once, in
+float64, and that one copy is read by the per-layer kernels of the sibling modules (`layer_locality`,
+`layer_js`, `layer_gram`, `layer_head_cosine`, the head fusion of the rollout); the cross-layer cosines then
+take one head at a time. Results are a
 ``dict[str, np.ndarray]`` whose keys and axes are described by `METRICS`, so aggregation, export and
 figures can treat every metric alike.
 """
@@ -13,15 +16,14 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .blas_threads import single_blas_thread
-from .head_diversity import (diversity_from_head_cosines, effective_number_of_heads, head_cosine_from_unit_columns,
-                             head_js_matrix, off_diagonal_mean)
-from .locality import locality_metrics, negative_mass_fraction
+from .blas_threads import Workspace, map_in_threads, single_blas_thread
+from .head_diversity import (diversity_from_head_cosines, effective_heads_from_grams, layer_gram, layer_head_cosine,
+                             layer_js, off_diagonal_mean)
+from .locality import LAYER_LOCALITY_KEYS, locality_dtype, layer_locality, negative_mass_fraction
 from .localisation import localisation
-from .normalization import Normalize, as_float_array, check_mode, normalize_rows
-from .rollout import HeadFusion, attention_rollout, rollout_cls_map
-from .similarity import (adjacent_layer_similarity, layer_cosines_from_unit_columns, similar_block_counts,
-                         similarity_from_cosines, unit_columns)
+from .normalization import Normalize, as_float_array, check_mode, normalize_rows, row_entropy_nats
+from .rollout import HeadFusion, fuse_heads, rollout_cls_map, rollout_of_fused
+from .similarity import (adjacent_layer_similarity, cross_layer_similarity, similar_block_counts)
 
 
 @dataclass(frozen=True)
@@ -142,16 +144,35 @@ def rollout_map(metrics: Mapping[str, np.ndarray]) -> Tuple[str, np.ndarray]:
 
 def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], patch_size: Tuple[int, int],
              settings: MetricSettings, box: Optional[Sequence[float]], has_cls: bool) -> Dict[str, np.ndarray]:
-    # Normalise once; every function below then runs with normalize="none" on the same rows, and the
-    # unit-column maps are shared by the cross-layer and cross-head cosines.
-    rows = normalize_rows(maps, settings.normalize)
-    unit = unit_columns(rows)
-    similarity = similarity_from_cosines(layer_cosines_from_unit_columns(unit, unit), settings.tau)
-    local = locality_metrics(rows, num_prefix_tokens, grid, patch_size, "none", settings.grid_radius,
-                             settings.band_width)
-    head_cos = head_cosine_from_unit_columns(unit)
-    js = head_js_matrix(rows, "none")
-    rollout = attention_rollout(rows, settings.head_fusion, settings.discard_ratio, "none")
+    layers, tokens = maps.shape[0], maps.shape[-1]
+    fused = np.empty((layers, tokens, tokens), dtype=maps.dtype)
+
+    def one_layer(layer: int, work: Workspace) -> Dict[str, np.ndarray]:
+        # The one normalised copy of this layer (float64: the Jensen-Shannon divergence and the Gram matrix need
+        # it), read by every per-layer metric; its row entropies are shared by the entropy metrics and the JS.
+        # One layer at a time keeps the working set to a few layers' worth (0.08 GB each at N = 785) instead of
+        # several normalised copies of all maps.
+        rows = normalize_rows(maps[layer], settings.normalize, out=work.array("rows", maps.shape[1:]))
+        entropy = row_entropy_nats(rows, work.array("logs", maps.shape[2:]))
+        fused[layer] = fuse_heads(rows[None], settings.head_fusion)[0]
+        values = layer_locality(rows, entropy, num_prefix_tokens, grid, patch_size, settings.grid_radius,
+                                settings.band_width)
+        values.update(head_cosine=layer_head_cosine(rows, work), head_js=layer_js(rows, entropy, work),
+                      gram=layer_gram(rows),
+                      # Negative mass is a property of the raw map, before any normalisation.
+                      negative_fraction=negative_mass_fraction(maps[layer]))
+        return values
+
+    per_layer = map_in_threads(one_layer, layers)
+
+    def stacked(key: str) -> np.ndarray:
+        return np.stack([values[key] for values in per_layer])
+
+    local = {key: stacked(key).astype(locality_dtype(key, maps.dtype), copy=False) for key in LAYER_LOCALITY_KEYS}
+    # Cross-layer cosines need every layer of a head at once: one head at a time, normalised again from the maps.
+    similarity = cross_layer_similarity(maps, settings.normalize, settings.tau)
+    head_cos = stacked("head_cosine")
+    rollout = rollout_of_fused(fused, settings.discard_ratio)
     out: Dict[str, np.ndarray] = {
         "similarity": similarity.matrix,
         "similarity_share": similarity.share_above_tau,
@@ -159,27 +180,26 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         "similar_blocks": similar_block_counts(similarity.matrix, settings.block_threshold).astype(np.float64),
         "head_cosine": head_cos,
         "head_diversity": diversity_from_head_cosines(head_cos),
-        "head_js": off_diagonal_mean(js),
-        "effective_heads": effective_number_of_heads(rows, "none"),
-        "distance_px": local.distance_px,
-        "distance_patches": local.distance_patches,
-        "patch_entropy": local.patch_entropy,
-        "grid_mass": local.grid_mass,
-        "band_mass": local.band_mass,
-        "diagonal_mass": local.diagonal_mass,
-        "prefix_mass": local.prefix_mass,
-        # Negative mass is a property of the raw map, before any normalisation.
-        "negative_fraction": negative_mass_fraction(maps),
+        "head_js": off_diagonal_mean(stacked("head_js")),
+        "effective_heads": effective_heads_from_grams(stacked("gram")),
+        "distance_px": local["distance_px"],
+        "distance_patches": local["distance_patches"],
+        "patch_entropy": local["patch_entropy"],
+        "grid_mass": local["grid_mass"],
+        "band_mass": local["band_mass"],
+        "diagonal_mass": local["diagonal_mass"],
+        "prefix_mass": local["prefix_mass"],
+        "negative_fraction": stacked("negative_fraction"),
         "rollout": rollout,
     }
     if has_cls:
-        out["cls_entropy"] = local.cls_entropy
+        out["cls_entropy"] = local["cls_entropy"]
         out["rollout_cls"] = rollout_cls_map(rollout, num_prefix_tokens, grid)
     else:
         out["rollout_patch_mean"] = rollout[num_prefix_tokens:, num_prefix_tokens:].mean(axis=0).reshape(grid)
     if box is not None and has_cls:
-        loc = localisation(rows, rollout, box, num_prefix_tokens, grid, patch_size, "none")
+        # Reads only the CLS rows of the maps (normalised again: H rows per layer).
+        loc = localisation(maps, rollout, box, num_prefix_tokens, grid, patch_size, settings.normalize)
         out.update(cls_in_box=loc.cls_in_box, rollout_in_box=np.float64(loc.rollout_in_box),
                    pointing_hit=np.float64(loc.pointing_hit), box_chance=np.float64(loc.chance))
     return {key: np.asarray(value) for key, value in out.items()}
-

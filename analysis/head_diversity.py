@@ -11,16 +11,14 @@ Four views of the same question, all per layer:
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .blas_threads import Workspace, map_in_threads
 from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, row_entropy_nats,
                             safe_divide)
-from .similarity import unit_columns
 
 
 def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -33,15 +31,35 @@ def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZ
     Returns:
         (L, H, H) symmetric matrices; the diagonal is the share of non-zero columns (1 for softmax maps).
     """
-    return head_cosine_from_unit_columns(unit_columns(normalize_rows(maps, normalize)))
+    maps = as_float_array(maps)
+    maps = as_float_array(maps)
+
+    def one_layer(layer: int, work: Workspace) -> np.ndarray:
+        return layer_head_cosine(normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:],
+                                                                                       maps.dtype)), work)
+
+    return np.stack(map_in_threads(one_layer, len(maps))).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
 
 
-def head_cosine_from_unit_columns(unit: np.ndarray) -> np.ndarray:
-    """`head_cosine_matrix` for maps whose columns are already unit vectors: (L, H, N, N) -> (L, H, H)."""
-    layers, heads, _, tokens = unit.shape
-    flat = unit.reshape(layers, heads, -1)
+def layer_head_cosine(rows: np.ndarray, work: Optional[Workspace] = None) -> np.ndarray:
+    """`head_cosine_matrix` of one layer's normalised rows: (H, N, N) -> (H, H) float64.
+
+    Computed in the rows' dtype (float64 in the per-image metrics: for nearly identical heads the diversity
+    1 - cosine is far below float32's resolution of the cosine).
+    """
+    work = work or Workspace()
+    heads, _, tokens = rows.shape
+    squares = work.array("squares", rows.shape[1:], rows.dtype)
+    norms = np.empty((heads, tokens), dtype=rows.dtype)
+    for head in range(heads):  # column sums of squares, one head at a time (einsum over the query axis is slow)
+        np.square(rows[head], out=squares)
+        squares.sum(axis=0, out=norms[head])
+    np.sqrt(norms, out=norms)
+    norms[norms == 0] = 1  # an all-zero column stays zero, so its cosine with anything is 0
+    unit = np.divide(rows, norms[:, None, :], out=work.array("unit", rows.shape, rows.dtype))
+    flat = unit.reshape(heads, -1)
     # Mean over t of sum_i U_g[i, t] U_h[i, t] is the Frobenius product of the unit-column maps over N.
-    return (flat @ flat.transpose(0, 2, 1)).astype(np.float64) / tokens
+    return (flat @ flat.T).astype(np.float64, copy=False) / tokens
 
 
 def off_diagonal_mean(matrices: np.ndarray) -> np.ndarray:
@@ -79,35 +97,56 @@ def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
     return diversity_from_head_cosines(head_cosine_matrix(maps, normalize))
 
 
-# A row pair whose float32 divergence is below this (nats) is computed again in float64. The divergence is a
-# difference of entropies (each up to log N), which cancels almost completely for nearly identical rows (the
-# head-collapse regime): float32 entropies left errors of ~1e-4 in the distance there. With float32 logarithms
-# and float64 sums the divergence is off by < 1e-7 nats (measured at N = 785), so the distance
-# sqrt(D / ln 2) of a row is off by < 1e-7 / (2 ln 2 d): below 1e-6 for every row from D = 0.0025 (d = 0.06).
-_RECOMPUTE_BELOW_NATS = 0.0025
-def _layer_js(rows: np.ndarray) -> np.ndarray:
-    """(H, H) Jensen-Shannon distances of one layer's (H, N, N) row distributions (see `head_js_matrix`)."""
-    heads = rows.shape[0]
+_JS_BLOCK_ROWS = 32  # query rows per step: (H - 1) x 32 x N float64 mixtures stay in the cache (3 MB at N = 785)
+_TINY = 1e-300  # log(max(m, tiny)): 0 log 0 = 0 without a masked logarithm
+
+
+def layer_js(rows: np.ndarray, entropy: np.ndarray, work: Optional[Workspace] = None) -> np.ndarray:
+    """(H, H) Jensen-Shannon distances of one layer's row distributions, averaged over query rows.
+
+    Everything is float64: the divergence H(m) - (H(p) + H(q)) / 2 cancels almost completely for nearly
+    identical rows (head collapse, and every head of an untrained model), where float32 left errors of ~1e-4 in
+    the distance. Per pair and row it costs one addition, one logarithm and one dot product of length N (the
+    mixture's entropy), since the rows' own entropies are computed once per layer; at N = 785 with 16 heads
+    that is 74 M logarithms per layer.
+
+    Args:
+        rows: (H, Q, N) float64 rows (distributions; negative entries count as 0, as in `row_entropy_nats`).
+        entropy: (H, Q) ``row_entropy_nats(rows)``.
+        work: the calling thread's buffers (`map_in_threads`).
+
+    Returns:
+        (H, H) float64, symmetric, zero diagonal; distances sqrt(JS / ln 2) in [0, 1].
+    """
+    heads, queries, keys = rows.shape
     out = np.zeros((heads, heads), dtype=np.float64)
     if heads < 2:
         return out
-    exact = rows.dtype == np.float64
-    mixture, scratch = np.empty_like(rows[1:]), np.empty_like(rows[1:])  # (H - 1, N, N) buffers, reused
-    own = row_entropy_nats(rows, np.empty_like(rows))  # (H, N)
+    low = rows.min() if rows.size else 0.0
+    mass = None if low < 0 else rows.sum(axis=-1)  # (H, Q): 1 (or 0) for normalised rows
+    block = min(_JS_BLOCK_ROWS, max(queries, 1))
+    work = work or Workspace()
+    twice_mix, logs = work.array("js_mix", (heads - 1, block, keys)), work.array("js_logs", (heads - 1, block, keys))
+    divergence = np.empty((heads - 1, queries))
+    log2 = np.log(2.0)
     for first in range(heads - 1):
-        count = heads - 1 - first  # pairs (first, first + 1 ...): a slice, no index copy of the maps
-        mix = mixture[:count]
-        np.add(rows[first + 1:], rows[first], out=mix)
-        mix *= 0.5
-        divergence = row_entropy_nats(mix, scratch[:count]) - 0.5 * (own[first] + own[first + 1:])  # (count, N)
-        if not exact:
-            pair, row = np.nonzero(divergence < _RECOMPUTE_BELOW_NATS)
-            if len(pair):
-                p = rows[first, row].astype(np.float64)  # (rows, N)
-                q = rows[first + 1 + pair, row].astype(np.float64)
-                divergence[pair, row] = (row_entropy_nats(0.5 * (p + q))
-                                         - 0.5 * (row_entropy_nats(p) + row_entropy_nats(q)))
-        distance = np.sqrt(np.clip(divergence / np.log(2.0), 0.0, 1.0)).mean(axis=-1)
+        count = heads - 1 - first  # pairs (first, first + 1 ...): slices, no index copy of the rows
+        for start in range(0, queries, block):
+            stop = min(queries, start + block)
+            s, lg = twice_mix[:count, :stop - start], logs[:count, :stop - start]
+            np.add(rows[first + 1:, start:stop], rows[first, start:stop], out=s)  # s = 2 m
+            if low < 0:
+                np.maximum(s, 0, out=s)
+            if low > 0:
+                np.log(s, out=lg)
+            else:
+                np.log(np.maximum(s, _TINY, out=lg), out=lg)
+            s_log_s = np.matmul(s[..., None, :], lg[..., :, None])[..., 0, 0]  # (count, rows)
+            total = s.sum(axis=-1) if mass is None else mass[first, start:stop] + mass[first + 1:, start:stop]
+            # H(m) = -sum (s / 2) log(s / 2) = (ln 2 sum s - sum s log s) / 2
+            divergence[:count, start:stop] = (0.5 * (log2 * total - s_log_s)
+                                              - 0.5 * (entropy[first, start:stop] + entropy[first + 1:, start:stop]))
+        distance = np.sqrt(np.clip(divergence[:count] / log2, 0.0, 1.0)).mean(axis=-1)
         out[first, first + 1:] = distance
         out[first + 1:, first] = distance
     return out
@@ -117,10 +156,8 @@ def head_js_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
     """Jensen-Shannon distance between every pair of heads, averaged over query rows.
 
     The divergence uses log base 2, so the distance sqrt(JS) is in [0, 1]: 0 for identical rows, 1 for rows
-    with disjoint support. float32 maps are processed in float32 (the cost: H(H-1)/2 x N x N logarithms per
-    layer, 2.4e9 for Refiner-ViT-L at 448 px), with every nearly identical row pair computed again in float64,
-    so every row's distance is within 1e-6 of a float64 computation, also in the head-collapse regime. Layers run in
-    parallel threads (numpy releases the GIL in its loops).
+    with disjoint support. Each layer is normalised in float64 and computed by `layer_js` (float64 throughout,
+    also in the head-collapse regime); layers run in parallel threads (`map_in_threads`).
 
     Args:
         maps: (L, H, N, N); rows are turned into distributions with ``normalize`` (``"none"`` assumes they
@@ -130,14 +167,13 @@ def head_js_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
     Returns:
         (L, H, H) float64, symmetric, zero diagonal.
     """
-    rows = normalize_rows(maps, normalize)
-    if rows.dtype not in (np.float32, np.float64):
-        rows = rows.astype(np.float64)
-    workers = max(1, min(len(rows), os.cpu_count() or 1))
-    if workers == 1:
-        return np.stack([_layer_js(layer) for layer in rows]) if len(rows) else np.zeros((0,) + rows.shape[1:2] * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return np.stack(list(pool.map(_layer_js, rows)))
+    maps = as_float_array(maps)
+
+    def one_layer(layer: int, work: Workspace) -> np.ndarray:
+        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:]))
+        return layer_js(rows, row_entropy_nats(rows, work.array("logs", maps.shape[2:])), work)
+
+    return np.stack(map_in_threads(one_layer, len(maps))).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
 
 
 def head_js_distance(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -169,15 +205,23 @@ def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_N
         the maps' dtype: for nearly identical heads the small eigenvalues of the Gram matrix decide the
         answer, and a float32 Gram matrix put errors of ~1e-2 into it.
     """
-    rows = normalize_rows(maps, normalize)
-    layers, heads = rows.shape[:2]
-    flat = rows.reshape(layers, heads, -1)
+    maps = as_float_array(maps)
+    grams = map_in_threads(lambda layer, work: layer_gram(normalize_rows(maps[layer], normalize,
+                                                                         out=work.array("rows", maps.shape[1:]))),
+                           len(maps))
+    return effective_heads_from_grams(np.stack(grams).reshape(maps.shape[:1] + maps.shape[1:2] * 2))
+
+
+def layer_gram(rows: np.ndarray) -> np.ndarray:
+    """(H, H) float64 Gram matrix of one layer's flattened (H, N, N) float64 rows (see `effective_number_of_heads`)."""
+    flat = rows.reshape(rows.shape[0], -1)
+    return flat @ flat.T
+
+
+def effective_heads_from_grams(gram: np.ndarray) -> np.ndarray:
+    """`effective_number_of_heads` from the (L, H, H) float64 Gram matrices of the flattened heads: (L,)."""
     # Singular values of the (H, N*N) stack from the small H x H Gram matrix (cheaper than an SVD); unit
-    # norm per head is applied to the Gram matrix. One layer at a time in float64 keeps the copy small.
-    gram = np.empty((layers, heads, heads), dtype=np.float64)
-    for layer in range(layers):
-        layer_flat = flat[layer].astype(np.float64)  # (H, N*N)
-        gram[layer] = layer_flat @ layer_flat.T
+    # norm per head is applied to the Gram matrix.
     norms = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 0.0, None))
     gram = safe_divide(gram, norms[:, :, None] * norms[:, None, :])
     eigen = np.linalg.eigvalsh(gram)

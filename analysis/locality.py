@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
+from .blas_threads import Workspace, map_in_threads
 from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows,
                             row_entropy_nats)
 
@@ -250,7 +251,7 @@ class LocalityMetrics:
 def locality_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Grid, patch_size: Tuple[int, int],
                      normalize: Normalize = DEFAULT_NORMALIZE, grid_radius: int = 1, band_width: int = 1
                      ) -> LocalityMetrics:
-    """All local-pattern statistics at once, normalising the maps a single time.
+    """All local-pattern statistics at once, normalising each layer a single time (`layer_locality`).
 
     Args:
         maps: (L, H, N, N) maps of one image.
@@ -267,17 +268,78 @@ def locality_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Grid, patch
     grid, patch_size = _pair(grid), _pair(patch_size)
     maps = as_float_array(maps)
     _check_geometry(maps, num_prefix_tokens, grid)
-    rows = normalize_rows(maps, normalize)
-    block = renormalize_rows(rows[..., num_prefix_tokens:, num_prefix_tokens:])
-    # The three patch-block statistics in a single (L*H, P*P) @ (P*P, 3) product.
-    weights = np.stack([patch_distance_matrix(grid, patch_size).reshape(-1),
-                        patch_distance_matrix(grid, (1, 1)).reshape(-1),
-                        chebyshev_mask(grid, grid_radius).reshape(-1)], axis=1).astype(block.dtype)
-    spatial = (block.reshape(-1, weights.shape[0]) @ weights / block.shape[-2]).reshape(block.shape[:-2] + (3,))
-    cls_entropy, patch_entropy = cls_and_patch_entropy(rows, num_prefix_tokens, "none")
-    return LocalityMetrics(
-        distance_px=spatial[..., 0], distance_patches=spatial[..., 1], cls_entropy=cls_entropy,
-        patch_entropy=patch_entropy, grid_mass=spatial[..., 2],
-        band_mass=sequence_band_mass(rows, band_width, "none"), diagonal_mass=diagonal_mass(rows, "none"),
-        prefix_mass=prefix_mass(rows, num_prefix_tokens, "none"), negative_fraction=negative_mass_fraction(maps),
-        grid_radius=int(grid_radius), band_width=int(band_width))
+
+    def one_layer(layer: int, work: Workspace) -> Dict[str, np.ndarray]:
+        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:]))
+        values = layer_locality(rows, row_entropy_nats(rows, work.array("logs", maps.shape[2:])), num_prefix_tokens, grid, patch_size, grid_radius,
+                                band_width)
+        values["negative_fraction"] = negative_mass_fraction(maps[layer])
+        return values
+
+    layers = map_in_threads(one_layer, len(maps))
+    stacked = {key: np.stack([values[key] for values in layers]).astype(locality_dtype(key, maps.dtype), copy=False)
+               for key in LAYER_LOCALITY_KEYS + ("negative_fraction",)} if layers else {}
+    return LocalityMetrics(grid_radius=int(grid_radius), band_width=int(band_width), **stacked)
+
+
+# What `layer_locality` returns, per head of one layer.
+LAYER_LOCALITY_KEYS = ("distance_px", "distance_patches", "cls_entropy", "patch_entropy", "grid_mass", "band_mass",
+                       "diagonal_mass", "prefix_mass")
+_ENTROPY_KEYS = ("cls_entropy", "patch_entropy", "negative_fraction")
+
+
+def locality_dtype(key: str, maps_dtype: np.dtype) -> np.dtype:
+    """Masses and distances keep the maps' float dtype, entropies and the negative share are float64 (as always)."""
+    return np.dtype(np.float64) if key in _ENTROPY_KEYS else np.dtype(maps_dtype)
+
+
+@lru_cache(maxsize=32)
+def _spatial_weights(grid: Grid, patch_size: Tuple[int, int], radius: int) -> np.ndarray:
+    """(P, P, 3) read-only: pixel distance, patch distance and Chebyshev mask of query i to key j in [i]."""
+    return _frozen(np.stack([patch_distance_matrix(grid, patch_size), patch_distance_matrix(grid, (1, 1)),
+                             chebyshev_mask(grid, radius)], axis=-1))
+
+
+def layer_locality(rows: np.ndarray, entropy: np.ndarray, num_prefix_tokens: int, grid: Grid,
+                   patch_size: Tuple[int, int], grid_radius: int = 1, band_width: int = 1) -> Dict[str, np.ndarray]:
+    """Every statistic of `LocalityMetrics` but the negative share, for one layer's normalised rows.
+
+    The patch-block statistics divide each query's contraction by its block row sum instead of making a
+    renormalised copy of the block (the same numbers: sum_j (a_ij / s_i) w_ij = (sum_j a_ij w_ij) / s_i), and the
+    three contractions are one batched product with the (P, P, 3) weights of query i.
+
+    Args:
+        rows: (H, N, N) row-normalised maps of one layer (float64 in the per-image metrics).
+        entropy: (H, N) ``row_entropy_nats(rows)`` (nats).
+        num_prefix_tokens: K.
+        grid: (Gh, Gw).
+        patch_size: (ph, pw) in pixels.
+        grid_radius: Chebyshev radius of the grid neighbourhood.
+        band_width: half-width of the sequence band.
+
+    Returns:
+        `LAYER_LOCALITY_KEYS` -> (H,) float64.
+    """
+    grid, patch_size = _pair(grid), _pair(patch_size)
+    heads, tokens = rows.shape[0], rows.shape[-1]
+    k = num_prefix_tokens
+    block = rows[:, k:, k:]  # (H, P, P)
+    block_sums = block.sum(axis=-1)  # (H, P)
+    weights = _spatial_weights(grid, patch_size, int(grid_radius)).astype(rows.dtype, copy=False)
+    spatial = np.matmul(block[:, :, None, :], weights)[:, :, 0, :]  # (H, P, 3): sum_j a_ij w_c[i, j]
+    zero = block_sums == 0  # rows with no patch mass stay zero, as a renormalised zero row would
+    block_sums[zero] = 1
+    spatial = (spatial / block_sums[..., None]).mean(axis=1)  # (H, 3)
+    reach = min(int(band_width), tokens - 1)  # the band |i - j| <= width is 2 * width + 1 diagonals
+    band = np.zeros(heads)
+    for offset in range(-reach, reach + 1):
+        band += np.diagonal(rows, offset, axis1=-2, axis2=-1).sum(axis=-1)
+    entropy = entropy / np.log(tokens) if tokens >= 2 else np.zeros_like(entropy)
+    return {
+        "distance_px": spatial[:, 0], "distance_patches": spatial[:, 1], "grid_mass": spatial[:, 2],
+        "cls_entropy": entropy[:, 0] if k > 0 else np.full(heads, np.nan),
+        "patch_entropy": entropy[:, k:].mean(axis=-1),
+        "band_mass": band / tokens,
+        "diagonal_mass": np.diagonal(rows, axis1=-2, axis2=-1).mean(axis=-1),
+        "prefix_mass": rows[:, k:, :k].sum(axis=-1).mean(axis=-1),
+    }

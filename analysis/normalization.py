@@ -59,23 +59,41 @@ def safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out.astype(np.result_type(numerator, np.float32), copy=False)
 
 
-def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
+def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
+                   dtype: Optional[np.dtype] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Apply a normalisation mode along the last (key) axis.
 
     Args:
         maps: (..., Q, N) attention maps; any leading axes (layers, heads, batch).
         normalize: ``"none"``, ``"abs_rownorm"`` or ``"clip_rownorm"`` (see module docstring).
+        dtype: dtype of the result (default: that of `as_float_array`). ``np.float64`` normalises a float32
+            map in float64 (the per-image metrics do this one layer at a time).
+        out: optional (..., Q, N) array of ``dtype`` to write the result into (a buffer reused per layer).
 
     Returns:
-        (..., Q, N) array of the same float dtype. With a row-norm mode every row sums to 1 (or is all
-        zero when its mass was zero). ``"none"`` returns the input unchanged (no copy).
+        (..., Q, N) array of ``dtype`` (``out`` when given). With a row-norm mode every row sums to 1 (or is all
+        zero when its mass was zero). ``"none"`` without ``out`` returns the input unchanged (no copy) when it
+        already has ``dtype``.
     """
     check_mode(normalize)
     maps = as_float_array(maps)
+    dtype = np.dtype(out.dtype if out is not None else (maps.dtype if dtype is None else dtype))
+    if out is None:
+        if normalize == "none" and maps.dtype == dtype:
+            return maps
+        # One new array, everything else in place: at N = 785 a temporary is 1.26 GB per map kind, and the
+        # page faults of fresh temporaries cost more than the arithmetic.
+        out = np.empty(maps.shape, dtype=dtype)
     if normalize == "none":
-        return maps
-    weights = np.abs(maps) if normalize == "abs_rownorm" else np.maximum(maps, 0)
-    return renormalize_rows(weights)
+        np.copyto(out, maps)
+        return out
+    if normalize == "abs_rownorm":
+        np.abs(maps, out=out)
+    else:
+        np.maximum(maps, 0, out=out)
+    sums = out.sum(axis=-1, keepdims=True)
+    sums[sums == 0] = 1  # a zero-mass row is all zeros: 0 / 1 keeps it zero
+    return np.divide(out, sums, out=out)
 
 
 def renormalize_rows(weights: np.ndarray) -> np.ndarray:
@@ -107,17 +125,20 @@ def row_entropy_nats(p: np.ndarray, scratch: Optional[np.ndarray] = None) -> np.
 
     Args:
         p: (..., N) rows (float32 or float64).
-        scratch: optional buffer of p's shape and dtype for the logarithms (reused by callers in loops).
+        scratch: optional buffer for the logarithms, of p's shape or of one leading slice's (``p.shape[1:]``),
+            and p's dtype (reused by callers in loops).
 
     Returns:
         (...) float64.
     """
     if p.ndim >= 3 and p.shape[0] > 1:
         out = np.empty(p.shape[:-1], dtype=np.float64)
+        shared = scratch is None or scratch.shape == p.shape[1:]  # one slice's buffer, reused for every slice
+        scratch = np.empty_like(p[0]) if scratch is None else scratch
         for index in range(p.shape[0]):
-            out[index] = row_entropy_nats(p[index], None if scratch is None else scratch[index])
+            out[index] = row_entropy_nats(p[index], scratch if shared else scratch[index])
         return out
-    logs = np.empty_like(p) if scratch is None else scratch
+    logs = np.empty_like(p) if scratch is None else scratch.reshape(p.shape)
     np.maximum(p, p.dtype.type(_TINY), out=logs)
     np.log(logs, out=logs)
     weights = p if p.size == 0 or p.min() >= 0 else np.maximum(p, 0)

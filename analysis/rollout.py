@@ -82,7 +82,17 @@ def attention_rollout(maps: np.ndarray, head_fusion: HeadFusion = "mean", discar
         (N, N) joint attention R_L (row-stochastic), or (L, N, N) with R_1..R_L when ``return_all``.
     """
     maps = as_float_array(maps)
-    fused = fuse_heads(normalize_rows(maps, normalize), head_fusion)
+    return rollout_of_fused(fuse_heads(normalize_rows(maps, normalize), head_fusion), discard_ratio, add_identity,
+                            return_all)
+
+
+def rollout_of_fused(fused: np.ndarray, discard_ratio: float = 0.0, add_identity: bool = True,
+                     return_all: bool = False) -> np.ndarray:
+    """`attention_rollout` from the head-fused maps: (L, N, N) -> (N, N), or (L, N, N) with ``return_all``.
+
+    The per-image metrics fuse each layer's heads while that layer's normalised rows are at hand, so the
+    normalised maps of all layers never exist at once.
+    """
     if discard_ratio > 0:
         fused = discard_lowest(fused, discard_ratio)
     tokens = fused.shape[-1]

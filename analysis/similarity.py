@@ -12,9 +12,11 @@ Models of different depth are compared by relative depth ``l / L`` with l = 1..L
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
+from .blas_threads import Workspace, map_in_threads
 from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, safe_divide
 
 DEFAULT_TAU = 0.5
@@ -50,7 +52,11 @@ def column_cosine(map_p: np.ndarray, map_q: np.ndarray) -> np.ndarray:
 
 def pairwise_layer_cosines(maps_a: np.ndarray, maps_b: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE
                            ) -> np.ndarray:
-    """All (layer of a, layer of b, head, key) column cosines in one batched matmul.
+    """All (head, key, layer of a, layer of b) column cosines.
+
+    One head at a time (in parallel threads, `map_in_threads`): that head's maps of every layer are normalised
+    (1/H of the maps: 80 MB for Refiner-ViT-L at 448 px instead of a normalised copy of all of them) and
+    compared by `head_layer_cosines`.
 
     Args:
         maps_a: (La, H, N, N) maps of one model for one image.
@@ -62,38 +68,63 @@ def pairwise_layer_cosines(maps_a: np.ndarray, maps_b: np.ndarray, normalize: No
     """
     if maps_a.shape[1:] != maps_b.shape[1:]:
         raise ValueError(f"maps must agree in heads and tokens, got {maps_a.shape} and {maps_b.shape}")
-    unit_a = unit_columns(normalize_rows(maps_a, normalize))
-    unit_b = unit_a if maps_b is maps_a else unit_columns(normalize_rows(maps_b, normalize))
-    return layer_cosines_from_unit_columns(unit_a, unit_b)
+    maps_a = as_float_array(maps_a)
+    same = maps_b is maps_a
+    maps_b = maps_a if same else as_float_array(maps_b)
+
+    def one_head(head: int, work: Workspace) -> np.ndarray:
+        rows_a = normalize_rows(maps_a[:, head], normalize, out=work.array("rows_a", maps_a[:, head].shape,
+                                                                           maps_a.dtype))
+        rows_b = rows_a if same else normalize_rows(maps_b[:, head], normalize,
+                                                    out=work.array("rows_b", maps_b[:, head].shape, maps_b.dtype))
+        return head_layer_cosines(rows_a, rows_b, work)
+
+    return np.stack(map_in_threads(one_head, maps_a.shape[1])).reshape(
+        maps_a.shape[1:2] + maps_a.shape[3:4] + (maps_a.shape[0], maps_b.shape[0]))
 
 
-def _key_major(unit: np.ndarray, head: int) -> np.ndarray:
-    """(L, H, I, T) -> contiguous (T, L, I) of one head.
-
-    Transposing each (I, T) block first keeps memory access sequential; the direct transpose is about twice
-    as slow on ViT-S-sized maps. One head at a time bounds the copy to 1/H of the maps (80 MB instead of
-    2 x 1.26 GB for Refiner-ViT-L at 448 px).
-    """
-    return np.ascontiguousarray(np.ascontiguousarray(unit[:, head].swapaxes(-1, -2)).transpose(1, 0, 2))
+_KEY_BLOCK = 32  # keys per product: a (32, L, N) float32 block of columns is 3.2 MB at L = 32, N = 785
 
 
-def layer_cosines_from_unit_columns(unit_a: np.ndarray, unit_b: np.ndarray) -> np.ndarray:
-    """`pairwise_layer_cosines` for maps whose columns are already unit vectors (see `unit_columns`).
+def head_layer_cosines(rows_a: np.ndarray, rows_b: np.ndarray, work: Optional[Workspace] = None) -> np.ndarray:
+    """Column cosines between every layer of a and of b for one head: (La, Q, T), (Lb, Q, T) -> (T, La, Lb).
+
+    The columns of a block of keys are gathered key-major (a copy that stays in the cache), their L x L
+    products over the queries are one batched matmul, and the cosine divides by the column norms; an
+    all-zero column has cosine 0 with anything.
 
     Args:
-        unit_a: (La, H, N, N).
-        unit_b: (Lb, H, N, N) (may be the same object as ``unit_a``).
+        rows_a: (La, Q, T) row-normalised maps of one head (may be the same object as ``rows_b``).
+        rows_b: (Lb, Q, T).
+        work: the calling thread's buffers (`map_in_threads`).
 
     Returns:
-        (H, N, La, Lb).
+        (T, La, Lb) in the dtype of the rows.
     """
-    heads, keys = unit_a.shape[1], unit_a.shape[3]
-    out = np.empty((heads, keys, unit_a.shape[0], unit_b.shape[0]), dtype=np.result_type(unit_a, unit_b))
-    for head in range(heads):
-        left = _key_major(unit_a, head)
-        right = left if unit_b is unit_a else _key_major(unit_b, head)
-        # One (La x I) @ (I x Lb) product per key.
-        np.matmul(left, right.transpose(0, 2, 1), out=out[head])
+    work = work or Workspace()
+    keys = rows_a.shape[-1]
+    out = np.empty((keys, rows_a.shape[0], rows_b.shape[0]), dtype=np.result_type(rows_a, rows_b))
+    for start in range(0, keys, _KEY_BLOCK):
+        stop = min(keys, start + _KEY_BLOCK)
+        left = _key_major(rows_a, start, stop, work.array("left", (stop - start,) + rows_a.shape[:2], rows_a.dtype))
+        right = left if rows_b is rows_a else _key_major(
+            rows_b, start, stop, work.array("right", (stop - start,) + rows_b.shape[:2], rows_b.dtype))
+        products = np.matmul(left, right.transpose(0, 2, 1), out=out[start:stop])  # (keys, La, Lb)
+        if right is left:  # the squared column norms are the diagonal of the products
+            norm_left = norm_right = np.sqrt(np.diagonal(products, axis1=1, axis2=2))
+        else:
+            norm_left = np.sqrt(np.einsum("klq,klq->kl", left, left))
+            norm_right = np.sqrt(np.einsum("klq,klq->kl", right, right))
+        denominator = norm_left[:, :, None] * norm_right[:, None, :]
+        products[denominator == 0] = 0
+        denominator[denominator == 0] = 1
+        products /= denominator
+    return out
+
+
+def _key_major(rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+    """Columns start..stop of (L, Q, T) rows, key-major: (stop - start, L, Q), written into ``out``."""
+    np.copyto(out, rows[:, :, start:stop].transpose(2, 0, 1))
     return out
 
 
