@@ -97,7 +97,7 @@ def head_diversity(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
     return diversity_from_head_cosines(head_cosine_matrix(maps, normalize))
 
 
-_JS_BLOCK_ROWS = 32  # query rows per step: (H - 1) x 32 x N float64 mixtures stay in the cache (3 MB at N = 785)
+_JS_BLOCK_ROWS = 32  # query rows per step: H x 32 x N float64 rows and the (H - 1) x 32 x N mixtures stay in the cache
 _TINY = 1e-300  # log(max(m, tiny)): 0 log 0 = 0 without a masked logarithm
 
 
@@ -127,12 +127,14 @@ def layer_js(rows: np.ndarray, entropy: np.ndarray, work: Optional[Workspace] = 
     block = min(_JS_BLOCK_ROWS, max(queries, 1))
     work = work or Workspace()
     twice_mix, logs = work.array("js_mix", (heads - 1, block, keys)), work.array("js_logs", (heads - 1, block, keys))
-    divergence = np.empty((heads - 1, queries))
+    divergence = np.empty((heads, heads, queries))
     log2 = np.log(2.0)
-    for first in range(heads - 1):
-        count = heads - 1 - first  # pairs (first, first + 1 ...): slices, no index copy of the rows
-        for start in range(0, queries, block):
-            stop = min(queries, start + block)
+    # Rows of every head in a block of queries stay in the cache while all H (H - 1) / 2 pairs read them, so
+    # each map is read from memory once (pair by pair over whole maps read the layer H - 1 times).
+    for start in range(0, queries, block):
+        stop = min(queries, start + block)
+        for first in range(heads - 1):
+            count = heads - 1 - first  # pairs (first, first + 1 ...): slices, no index copy of the rows
             s, lg = twice_mix[:count, :stop - start], logs[:count, :stop - start]
             np.add(rows[first + 1:, start:stop], rows[first, start:stop], out=s)  # s = 2 m
             if low < 0:
@@ -144,9 +146,10 @@ def layer_js(rows: np.ndarray, entropy: np.ndarray, work: Optional[Workspace] = 
             s_log_s = np.matmul(s[..., None, :], lg[..., :, None])[..., 0, 0]  # (count, rows)
             total = s.sum(axis=-1) if mass is None else mass[first, start:stop] + mass[first + 1:, start:stop]
             # H(m) = -sum (s / 2) log(s / 2) = (ln 2 sum s - sum s log s) / 2
-            divergence[:count, start:stop] = (0.5 * (log2 * total - s_log_s)
-                                              - 0.5 * (entropy[first, start:stop] + entropy[first + 1:, start:stop]))
-        distance = np.sqrt(np.clip(divergence[:count] / log2, 0.0, 1.0)).mean(axis=-1)
+            divergence[first, first + 1:, start:stop] = (
+                0.5 * (log2 * total - s_log_s) - 0.5 * (entropy[first, start:stop] + entropy[first + 1:, start:stop]))
+    for first in range(heads - 1):
+        distance = np.sqrt(np.clip(divergence[first, first + 1:] / log2, 0.0, 1.0)).mean(axis=-1)
         out[first, first + 1:] = distance
         out[first + 1:, first] = distance
     return out

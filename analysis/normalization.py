@@ -87,13 +87,17 @@ def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
     if normalize == "none":
         np.copyto(out, maps)
         return out
-    if normalize == "abs_rownorm":
-        np.abs(maps, out=out)
-    else:
-        np.maximum(maps, 0, out=out)
-    sums = out.sum(axis=-1, keepdims=True)
-    sums[sums == 0] = 1  # a zero-mass row is all zeros: 0 / 1 keeps it zero
-    return np.divide(out, sums, out=out)
+    # Slice by slice (one head's map: 2.5 MB at N = 785 in float32), so the three passes run in the cache.
+    source, target = maps.reshape((-1,) + maps.shape[-2:]), out.reshape((-1,) + out.shape[-2:])
+    for index in range(len(source)):
+        if normalize == "abs_rownorm":
+            np.abs(source[index], out=target[index])
+        else:
+            np.maximum(source[index], 0, out=target[index])
+        sums = target[index].sum(axis=-1, keepdims=True)
+        sums[sums == 0] = 1  # a zero-mass row is all zeros: 0 / 1 keeps it zero
+        np.divide(target[index], sums, out=target[index])
+    return out
 
 
 def renormalize_rows(weights: np.ndarray) -> np.ndarray:
@@ -139,7 +143,13 @@ def row_entropy_nats(p: np.ndarray, scratch: Optional[np.ndarray] = None) -> np.
             out[index] = row_entropy_nats(p[index], scratch if shared else scratch[index])
         return out
     logs = np.empty_like(p) if scratch is None else scratch.reshape(p.shape)
-    np.maximum(p, p.dtype.type(_TINY), out=logs)
-    np.log(logs, out=logs)
-    weights = p if p.size == 0 or p.min() >= 0 else np.maximum(p, 0)
+    low = p.min() if p.size else 0
+    if low > 0:
+        np.log(p, out=logs)
+    else:
+        np.log(np.maximum(p, p.dtype.type(_TINY), out=logs), out=logs)
+    weights = p if low >= 0 else np.maximum(p, 0)
+    if p.dtype == np.float64 and p.ndim >= 1:
+        # A batched dot product (BLAS) is twice as fast as einsum for float64 rows.
+        return -np.matmul(weights[..., None, :], logs[..., :, None])[..., 0, 0]
     return -np.einsum("...j,...j->...", weights, logs, dtype=np.float64)

@@ -12,7 +12,6 @@ Models of different depth are compared by relative depth ``l / L`` with l = 1..L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -68,64 +67,58 @@ def pairwise_layer_cosines(maps_a: np.ndarray, maps_b: np.ndarray, normalize: No
     """
     if maps_a.shape[1:] != maps_b.shape[1:]:
         raise ValueError(f"maps must agree in heads and tokens, got {maps_a.shape} and {maps_b.shape}")
-    maps_a = as_float_array(maps_a)
     same = maps_b is maps_a
+    maps_a = as_float_array(maps_a)
     maps_b = maps_a if same else as_float_array(maps_b)
 
     def one_head(head: int, work: Workspace) -> np.ndarray:
-        rows_a = normalize_rows(maps_a[:, head], normalize, out=work.array("rows_a", maps_a[:, head].shape,
-                                                                           maps_a.dtype))
-        rows_b = rows_a if same else normalize_rows(maps_b[:, head], normalize,
-                                                    out=work.array("rows_b", maps_b[:, head].shape, maps_b.dtype))
-        return head_layer_cosines(rows_a, rows_b, work)
+        columns_a = key_major_columns(maps_a, head, normalize, work, "a")
+        return head_layer_cosines(columns_a, columns_a if same else key_major_columns(maps_b, head, normalize, work,
+                                                                                      "b"))
 
     return np.stack(map_in_threads(one_head, maps_a.shape[1])).reshape(
         maps_a.shape[1:2] + maps_a.shape[3:4] + (maps_a.shape[0], maps_b.shape[0]))
 
 
-_KEY_BLOCK = 32  # keys per product: a (32, L, N) float32 block of columns is 3.2 MB at L = 32, N = 785
+def key_major_columns(maps: np.ndarray, head: int, normalize: Normalize, work: Workspace, name: str) -> np.ndarray:
+    """One head's normalised maps of every layer, key-major: (L, H, Q, T) -> (T, L, Q) view of a workspace array.
+
+    Each layer's (Q, T) map is normalised and transposed on its own (2.5 MB at N = 785, in the cache), into an
+    (L, T, Q) array whose (T, L, Q) view has contiguous columns for the products in `head_layer_cosines`.
+    """
+    layers, _, queries, keys = maps.shape
+    columns = work.array(name, (layers, keys, queries), maps.dtype)
+    rows = work.array(name + "_rows", (queries, keys), maps.dtype)
+    for layer in range(layers):
+        np.copyto(columns[layer], normalize_rows(maps[layer, head], normalize, out=rows).T)
+    return columns.transpose(1, 0, 2)
 
 
-def head_layer_cosines(rows_a: np.ndarray, rows_b: np.ndarray, work: Optional[Workspace] = None) -> np.ndarray:
-    """Column cosines between every layer of a and of b for one head: (La, Q, T), (Lb, Q, T) -> (T, La, Lb).
+def head_layer_cosines(columns_a: np.ndarray, columns_b: np.ndarray) -> np.ndarray:
+    """Column cosines between every layer of a and of b for one head: (T, La, Q), (T, Lb, Q) -> (T, La, Lb).
 
-    The columns of a block of keys are gathered key-major (a copy that stays in the cache), their L x L
-    products over the queries are one batched matmul, and the cosine divides by the column norms; an
-    all-zero column has cosine 0 with anything.
+    The L x L products over the queries of every key are one batched matmul (strided views: BLAS reads each
+    column in place), and the cosine divides by the column norms; an all-zero column has cosine 0 with anything.
 
     Args:
-        rows_a: (La, Q, T) row-normalised maps of one head (may be the same object as ``rows_b``).
-        rows_b: (Lb, Q, T).
-        work: the calling thread's buffers (`map_in_threads`).
+        columns_a: (T, La, Q) normalised maps of one head, key-major (`key_major_columns`); may be the same
+            object as ``columns_b``.
+        columns_b: (T, Lb, Q).
 
     Returns:
-        (T, La, Lb) in the dtype of the rows.
+        (T, La, Lb) in the dtype of the maps.
     """
-    work = work or Workspace()
-    keys = rows_a.shape[-1]
-    out = np.empty((keys, rows_a.shape[0], rows_b.shape[0]), dtype=np.result_type(rows_a, rows_b))
-    for start in range(0, keys, _KEY_BLOCK):
-        stop = min(keys, start + _KEY_BLOCK)
-        left = _key_major(rows_a, start, stop, work.array("left", (stop - start,) + rows_a.shape[:2], rows_a.dtype))
-        right = left if rows_b is rows_a else _key_major(
-            rows_b, start, stop, work.array("right", (stop - start,) + rows_b.shape[:2], rows_b.dtype))
-        products = np.matmul(left, right.transpose(0, 2, 1), out=out[start:stop])  # (keys, La, Lb)
-        if right is left:  # the squared column norms are the diagonal of the products
-            norm_left = norm_right = np.sqrt(np.diagonal(products, axis1=1, axis2=2))
-        else:
-            norm_left = np.sqrt(np.einsum("klq,klq->kl", left, left))
-            norm_right = np.sqrt(np.einsum("klq,klq->kl", right, right))
-        denominator = norm_left[:, :, None] * norm_right[:, None, :]
-        products[denominator == 0] = 0
-        denominator[denominator == 0] = 1
-        products /= denominator
-    return out
-
-
-def _key_major(rows: np.ndarray, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-    """Columns start..stop of (L, Q, T) rows, key-major: (stop - start, L, Q), written into ``out``."""
-    np.copyto(out, rows[:, :, start:stop].transpose(2, 0, 1))
-    return out
+    products = np.matmul(columns_a, columns_b.transpose(0, 2, 1))  # (T, La, Lb)
+    if columns_b is columns_a:  # the squared column norms are the diagonal of the products
+        norm_a = norm_b = np.sqrt(np.diagonal(products, axis1=1, axis2=2))
+    else:
+        norm_a = np.sqrt(np.einsum("tlq,tlq->tl", columns_a, columns_a))
+        norm_b = np.sqrt(np.einsum("tlq,tlq->tl", columns_b, columns_b))
+    denominator = norm_a[:, :, None] * norm_b[:, None, :]
+    products[denominator == 0] = 0
+    denominator[denominator == 0] = 1
+    products /= denominator
+    return products
 
 
 @dataclass
