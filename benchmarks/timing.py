@@ -43,3 +43,29 @@ def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup
 def interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> Dict[str, float]:
     """Median seconds per call of each function (see `interleaved_times`)."""
     return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, warmup).items()}
+
+
+def interleaved_wall_and_cpu(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+                             ) -> Dict[str, Dict[str, List[float]]]:
+    """Wall-clock and process CPU seconds per call of each function, in the rotating order of `interleaved_times`.
+
+    On a shared (or virtual, CPU-stealing) machine the wall clock also counts time spent waiting for a core; the
+    CPU time is what the computation itself costs (summed over its threads).
+
+    Returns:
+        name -> {"wall": [seconds] * repeats, "cpu": [seconds] * repeats}.
+    """
+    import time
+
+    keys = list(fns)
+    for _ in range(warmup):
+        for key in keys:
+            fns[key]()
+    times: Dict[str, Dict[str, List[float]]] = {k: {"wall": [], "cpu": []} for k in keys}
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fns[key]()
+            times[key]["wall"].append(time.perf_counter() - start)
+            times[key]["cpu"].append(time.process_time() - start_cpu)
+    return times
