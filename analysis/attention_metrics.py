@@ -3,7 +3,7 @@
 `compute_map_metrics` is what the per-image pipeline, the dataset pipeline and the latency benchmark run.
 It goes through the maps one layer at a time (layers in parallel threads): each layer is normalised once, in
 float64, and that one copy is read by the per-layer kernels of the sibling modules (`layer_locality`,
-`layer_js`, `layer_gram`, `layer_head_cosine`, the head fusion of the rollout); the cross-layer cosines then
+`layer_js`, `layer_head_products`, the head fusion of the rollout); the cross-layer cosines then
 take one head at a time. Results are a
 ``dict[str, np.ndarray]`` whose keys and axes are described by `METRICS`, so aggregation, export and
 figures can treat every metric alike.
@@ -17,7 +17,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .blas_threads import Workspace, map_in_threads, single_blas_thread
-from .head_diversity import (diversity_from_head_cosines, effective_heads_from_grams, layer_gram, layer_head_cosine,
+from .head_diversity import (diversity_from_head_cosines, effective_heads_from_grams, layer_head_products,
                              layer_js, off_diagonal_mean)
 from .locality import LAYER_LOCALITY_KEYS, locality_dtype, layer_locality, negative_mass_fraction
 from .localisation import localisation
@@ -157,8 +157,8 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         fused[layer] = fuse_heads(rows[None], settings.head_fusion)[0]
         values = layer_locality(rows, entropy, num_prefix_tokens, grid, patch_size, settings.grid_radius,
                                 settings.band_width)
-        values.update(head_cosine=layer_head_cosine(rows, work), head_js=layer_js(rows, entropy, work),
-                      gram=layer_gram(rows),
+        values["gram"], values["head_cosine"] = layer_head_products(rows, work)
+        values.update(head_js=layer_js(rows, entropy, work),
                       # Negative mass is a property of the raw map, before any normalisation.
                       negative_fraction=negative_mass_fraction(maps[layer]))
         return values

@@ -12,7 +12,7 @@ Four views of the same question, all per layer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,20 +35,33 @@ def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZ
     maps = as_float_array(maps)
 
     def one_layer(layer: int, work: Workspace) -> np.ndarray:
-        return layer_head_cosine(normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:],
-                                                                                       maps.dtype)), work)
+        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:], maps.dtype))
+        return layer_head_products(rows, work)[1]
 
     return np.stack(map_in_threads(one_layer, len(maps))).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
 
 
-def layer_head_cosine(rows: np.ndarray, work: Optional[Workspace] = None) -> np.ndarray:
-    """`head_cosine_matrix` of one layer's normalised rows: (H, N, N) -> (H, H) float64.
+_PRODUCT_BLOCK_ROWS = 32  # query rows per product in `layer_head_products`: H x 32 x N float64 (3.2 MB at N = 785)
 
-    Computed in the rows' dtype (float64 in the per-image metrics: for nearly identical heads the diversity
-    1 - cosine is far below float32's resolution of the cosine).
+
+def layer_head_products(rows: np.ndarray, work: Optional[Workspace] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The two H x H products between the heads of one layer: the Gram matrix and the column cosines.
+
+    Both are sums over (query, key) of products of two heads' maps, so they are accumulated over blocks of
+    query rows (each block read once, in the cache, for both; no unit-column copy of the layer).
+
+    Args:
+        rows: (H, N, N) normalised rows of one layer (float64 in the per-image metrics: for nearly identical
+            heads the diversity 1 - cosine is far below float32's resolution, and `effective_number_of_heads`
+            needs a float64 Gram matrix).
+        work: the calling thread's buffers (`map_in_threads`).
+
+    Returns:
+        ``(gram, cosine)``, each (H, H) float64: the Gram matrix of the flattened heads
+        (`effective_heads_from_grams`) and `head_cosine_matrix` of this layer.
     """
     work = work or Workspace()
-    heads, _, tokens = rows.shape
+    heads, queries, tokens = rows.shape
     squares = work.array("squares", rows.shape[1:], rows.dtype)
     norms = np.empty((heads, tokens), dtype=rows.dtype)
     for head in range(heads):  # column sums of squares, one head at a time (einsum over the query axis is slow)
@@ -56,10 +69,19 @@ def layer_head_cosine(rows: np.ndarray, work: Optional[Workspace] = None) -> np.
         squares.sum(axis=0, out=norms[head])
     np.sqrt(norms, out=norms)
     norms[norms == 0] = 1  # an all-zero column stays zero, so its cosine with anything is 0
-    unit = np.divide(rows, norms[:, None, :], out=work.array("unit", rows.shape, rows.dtype))
-    flat = unit.reshape(heads, -1)
-    # Mean over t of sum_i U_g[i, t] U_h[i, t] is the Frobenius product of the unit-column maps over N.
-    return (flat @ flat.T).astype(np.float64, copy=False) / tokens
+    inverse = 1.0 / norms[:, None, :]
+    gram = np.zeros((heads, heads), dtype=np.float64)
+    cosine = np.zeros((heads, heads), dtype=np.float64)
+    block = max(1, min(_PRODUCT_BLOCK_ROWS, queries))
+    unit = work.array("unit", (heads, block, tokens), rows.dtype)
+    for start in range(0, queries, block):
+        stop = min(queries, start + block)
+        part = rows[:, start:stop].reshape(heads, -1)  # a view: each head's rows of the block are contiguous
+        gram += part @ part.T
+        scaled = np.multiply(rows[:, start:stop], inverse, out=unit[:, :stop - start]).reshape(heads, -1)
+        # Mean over t of sum_i U_g[i, t] U_h[i, t] is the Frobenius product of the unit-column maps over N.
+        cosine += scaled @ scaled.T
+    return gram, cosine / tokens
 
 
 def off_diagonal_mean(matrices: np.ndarray) -> np.ndarray:
@@ -209,16 +231,9 @@ def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_N
         answer, and a float32 Gram matrix put errors of ~1e-2 into it.
     """
     maps = as_float_array(maps)
-    grams = map_in_threads(lambda layer, work: layer_gram(normalize_rows(maps[layer], normalize,
-                                                                         out=work.array("rows", maps.shape[1:]))),
-                           len(maps))
+    grams = map_in_threads(lambda layer, work: layer_head_products(
+        normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:])), work)[0], len(maps))
     return effective_heads_from_grams(np.stack(grams).reshape(maps.shape[:1] + maps.shape[1:2] * 2))
-
-
-def layer_gram(rows: np.ndarray) -> np.ndarray:
-    """(H, H) float64 Gram matrix of one layer's flattened (H, N, N) float64 rows (see `effective_number_of_heads`)."""
-    flat = rows.reshape(rows.shape[0], -1)
-    return flat @ flat.T
 
 
 def effective_heads_from_grams(gram: np.ndarray) -> np.ndarray:
