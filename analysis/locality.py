@@ -271,14 +271,14 @@ def locality_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Grid, patch
 
     def one_layer(layer: int, work: Workspace) -> Dict[str, np.ndarray]:
         rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:]))
-        values = layer_locality(rows, row_entropy_nats(rows, work.array("logs", maps.shape[2:])), num_prefix_tokens, grid, patch_size, grid_radius,
-                                band_width)
+        entropy = row_entropy_nats(rows, work.array("logs", maps.shape[2:]))
+        values = layer_locality(rows, entropy, num_prefix_tokens, grid, patch_size, grid_radius, band_width)
         values["negative_fraction"] = negative_mass_fraction(maps[layer])
         return values
 
     layers = map_in_threads(one_layer, len(maps))
-    stacked = {key: np.stack([values[key] for values in layers]).astype(locality_dtype(key, maps.dtype), copy=False)
-               for key in LAYER_LOCALITY_KEYS + ("negative_fraction",)} if layers else {}
+    stacked = {key: np.array([values[key] for values in layers], dtype=locality_dtype(key, maps.dtype)).reshape(
+        maps.shape[:2]) for key in LAYER_LOCALITY_KEYS + ("negative_fraction",)}
     return LocalityMetrics(grid_radius=int(grid_radius), band_width=int(band_width), **stacked)
 
 

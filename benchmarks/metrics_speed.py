@@ -1,6 +1,6 @@
 """Per-image metrics before and after the layer-by-layer rewrite (issue 10): time, CPU time, peak memory, agreement.
 
-    python benchmarks/metrics_speed.py                                   # ViT-B/16 (N = 197), Refiner-ViT-L 448 (N = 785)
+    python benchmarks/metrics_speed.py        # ViT-B/16 (N = 197) and Refiner-ViT-L at 448 px (N = 785)
     python benchmarks/metrics_speed.py --models "random:vit_base_patch16_224" --repeats 5
 
 "Before" is `analysis.attention_metrics.compute_map_metrics` as it was at ``--before`` (default: the last commit

@@ -200,3 +200,17 @@ def test_workspace_reuses_its_memory_and_map_in_threads_keeps_order() -> None:
     assert map_in_threads(lambda index, w: index * index, 7) == [0, 1, 4, 9, 16, 25, 36]
     with pytest.raises(ZeroDivisionError):
         map_in_threads(lambda index, w: 1 // (index - 3), 5)
+
+
+def test_head_diversity_of_near_identical_float32_heads_matches_float64() -> None:
+    # Collapse: 1 - mean cosine is ~1e-9 here. Cosines summed in float32 over N^2 products were off by ~1e-6
+    # (9e-6 at N = 785), which made such a layer's diversity read thousands of times too large.
+    maps = _near_identical(1, 4, 1 + 63, 1e-4)
+    got = compute_map_metrics(maps.astype(np.float32), 1, (7, 9), (8, 8))["head_diversity"]
+    rows = _normalise(maps.astype(np.float32), "abs_rownorm")[0]
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    flat = unit.reshape(4, -1)
+    cosine = flat @ flat.T / rows.shape[-1]
+    expected = 1.0 - (cosine.sum() - np.trace(cosine)) / 12
+    assert 0 < expected < 1e-6
+    assert abs(got[0] - expected) < 1e-12
