@@ -11,6 +11,7 @@ figures can treat every metric alike.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -169,10 +170,13 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         return np.stack([values[key] for values in per_layer])
 
     local = {key: stacked(key).astype(locality_dtype(key, maps.dtype), copy=False) for key in LAYER_LOCALITY_KEYS}
-    # Cross-layer cosines need every layer of a head at once: one head at a time, normalised again from the maps.
-    similarity = cross_layer_similarity(maps, settings.normalize, settings.tau)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The rollout (a chain of L products, one thread) runs beside the cross-layer cosines; both only read.
+        rollout_job = pool.submit(rollout_of_fused, fused, settings.discard_ratio)
+        # Cross-layer cosines need every layer of a head at once: one head at a time, normalised again from the maps.
+        similarity = cross_layer_similarity(maps, settings.normalize, settings.tau)
+        rollout = rollout_job.result()
     head_cos = stacked("head_cosine")
-    rollout = rollout_of_fused(fused, settings.discard_ratio)
     out: Dict[str, np.ndarray] = {
         "similarity": similarity.matrix,
         "similarity_share": similarity.share_above_tau,
