@@ -23,9 +23,10 @@ import numpy as np
 
 T = TypeVar("T")
 
-# Each worker holds about five float64 maps of one layer (0.2 GB at N = 785, 16 heads): more threads than
-# this buy little on a CPU and cost that memory each.
-MAX_METRIC_THREADS = 8
+# Each worker of the per-image metrics holds about two maps' worth of one layer (a float64 copy and a float32
+# transpose of one head's layers: 0.16 GB at N = 785, 0.5 GB at N = 1370), so more threads cost that memory each
+# (measured: 0.28 GB in all with two threads at N = 785, `benchmarks/metrics_speed.py`).
+MAX_METRIC_THREADS = 4
 
 
 @lru_cache(maxsize=1)
