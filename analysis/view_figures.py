@@ -4,15 +4,23 @@ The Compare page draws these and ``refiner analyze --manifest`` re-makes them fr
 (`analysis.compare_view.compare_figures`), so the app and the CLI write the same files. Every figure carries
 its own white style (template ``simple_white``), colour bars with titles, and is drawn by the app without
 Streamlit's theme, so the screen shows what is exported, in light and in dark mode. No Streamlit here.
+
+The figures are written as plotly's own JSON (the canonical form `plotly.graph_objects.Figure.to_plotly_json`
+gives) and wrapped without plotly.py's per-property validation (`figure_from_spec`): building them through
+plotly.py's setters validated and deep-copied the whole template for every figure, 20-60 ms each, which was
+most of a layer change's page run. The tests check that each builder's figure equals what plotly.py's
+validation makes of it, so nothing plotly would have changed is skipped.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+import copy
+import functools
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+import plotly.io as pio
 
 from .colorscales import rgb_colorscale
 
@@ -26,8 +34,47 @@ QUERY_COLOR = "#00e5ff"   # outline of the query patch
 BOX_COLOR = "#7CFC00"     # dotted ground-truth box of dataset canvases
 TRUTH_COLOR = "#2ca02c"   # bar of the true class
 BAR_COLOR = "#1f77b4"
+SUBPLOT_TITLE_SIZE = 16   # plotly's make_subplots size for panel titles
 
 ZRange = Tuple[float, float]
+FigureSpec = Dict[str, Any]
+"""A figure as plotly JSON: ``{"data": [trace dicts], "layout": {...}}`` with numpy arrays for array values."""
+
+
+@functools.lru_cache(maxsize=None)
+def _template_json() -> Dict[str, Any]:
+    """`TEMPLATE` as plotly JSON, made once per process (the registry's template, already validated)."""
+    return pio.templates[TEMPLATE].to_plotly_json()
+
+
+def house_layout(**layout: Any) -> Dict[str, Any]:
+    """A layout in the house style (white template, font, white background) with ``layout`` on top.
+
+    The template is the one plotly.py would put there, one dict shared by all figures: plotly copies it into
+    a figure's own objects when that figure's template is read or changed, so changing one figure never
+    changes another (tested).
+    """
+    return {"template": _template_json(), "font": dict(FONT), "paper_bgcolor": "white",
+            "plot_bgcolor": "white", **layout}
+
+
+def figure_from_spec(spec: FigureSpec) -> go.Figure:
+    """``spec`` as a plotly figure, taken as it is (``_validate=False``: no per-property checks or copies).
+
+    Only for specs in plotly's canonical JSON form, which is what this module's builders write (tested
+    against plotly.py's validation); anything else belongs in ``go.Figure(spec)``.
+    """
+    return go.Figure(spec, _validate=False)
+
+
+def _floats(values: np.ndarray) -> np.ndarray:
+    """Array data as float32 or float64 (plotly.js has no float16 arrays; float16 display views give them)."""
+    values = np.asarray(values)
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float32)
+
+
+def _colorbar(title: str, **extra: Any) -> Dict[str, Any]:
+    return {"thickness": 10, **extra, "title": {"text": title, "side": "right"}}
 
 
 def symmetric_range(values: np.ndarray) -> ZRange:
@@ -44,10 +91,6 @@ def color_range(values: np.ndarray, diverging: bool) -> ZRange:
         return symmetric_range(values)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     return (low, high) if high > low else (low, low + 1e-9)
-
-
-def _style(fig: go.Figure) -> None:
-    fig.update_layout(template=TEMPLATE, font=FONT, paper_bgcolor="white", plot_bgcolor="white")
 
 
 def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tuple[int, int], opacity: float,
@@ -76,35 +119,40 @@ def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tup
     gh, gw = grid_map.shape
     ph, pw = patch_size
     height, width = picture.shape[:2]
-    fig = go.Figure(go.Image(z=picture, hoverinfo="skip"))
+    grid_map = _floats(grid_map)
     zmin, zmax = zrange if zrange is not None else color_range(grid_map, diverging)
-    fig.add_trace(go.Heatmap(z=grid_map, x0=(pw - 1) / 2, dx=pw, y0=(ph - 1) / 2, dy=ph, opacity=opacity,
-                             colorscale=DIVERGING if diverging else SEQUENTIAL, zmin=zmin, zmax=zmax,
-                             hoverinfo="skip",
-                             colorbar={"thickness": 10, "len": 0.8, "title": {"text": colorbar_title,
-                                                                              "side": "right"}}))
     rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
     marker_px = max(4.0, 0.9 * OVERLAY_PX / max(gh, gw))
-    fig.add_trace(go.Scatter(
-        x=(cols.ravel() + 0.5) * pw - 0.5, y=(rows.ravel() + 0.5) * ph - 0.5, mode="markers",
-        marker={"symbol": "square", "size": marker_px, "color": "white", "opacity": 0.01},
-        customdata=np.stack([rows.ravel(), cols.ravel(), grid_map.ravel()], axis=1),
-        hovertemplate="patch (%{customdata[0]}, %{customdata[1]})<br>attention %{customdata[2]:.4f}<extra></extra>",
-        selected={"marker": {"opacity": 0.01}}, unselected={"marker": {"opacity": 0.01}}, showlegend=False))
+    faint = {"marker": {"opacity": 0.01}}
+    data = [
+        {"type": "image", "z": np.asarray(picture), "hoverinfo": "skip"},
+        {"type": "heatmap", "z": grid_map, "x0": (pw - 1) / 2, "dx": pw, "y0": (ph - 1) / 2, "dy": ph,
+         "opacity": opacity, "colorscale": DIVERGING if diverging else SEQUENTIAL, "zmin": zmin, "zmax": zmax,
+         "hoverinfo": "skip", "colorbar": _colorbar(colorbar_title, len=0.8)},
+        {"type": "scatter", "x": (cols.ravel() + 0.5) * pw - 0.5, "y": (rows.ravel() + 0.5) * ph - 0.5,
+         "mode": "markers", "marker": {"symbol": "square", "size": marker_px, "color": "white", "opacity": 0.01},
+         "customdata": np.stack([rows.ravel(), cols.ravel(), grid_map.ravel()], axis=1),
+         "hovertemplate": "patch (%{customdata[0]}, %{customdata[1]})<br>attention %{customdata[2]:.4f}"
+                          "<extra></extra>",
+         "selected": faint, "unselected": copy.deepcopy(faint), "showlegend": False},
+    ]
+    shapes = []
     if query_patch is not None:
         r, c = query_patch
-        fig.add_shape(type="rect", x0=c * pw - 0.5, x1=(c + 1) * pw - 0.5, y0=r * ph - 0.5, y1=(r + 1) * ph - 0.5,
-                      line={"color": QUERY_COLOR, "width": 3})
+        shapes.append({"type": "rect", "x0": c * pw - 0.5, "x1": (c + 1) * pw - 0.5, "y0": r * ph - 0.5,
+                       "y1": (r + 1) * ph - 0.5, "line": {"color": QUERY_COLOR, "width": 3}})
     if box is not None:
         x0, y0, x1, y1 = (float(v) for v in box)
-        fig.add_shape(type="rect", x0=x0 - 0.5, x1=x1 - 0.5, y0=y0 - 0.5, y1=y1 - 0.5,
-                      line={"color": BOX_COLOR, "width": 2, "dash": "dot"})
-    _style(fig)
-    fig.update_xaxes(visible=False, range=[-0.5, width - 0.5])
-    fig.update_yaxes(visible=False, range=[height - 0.5, -0.5], scaleanchor="x")
-    fig.update_layout(title={"text": title, "font": {"size": 14}}, height=OVERLAY_PX + 60,
-                      margin={"l": 4, "r": 4, "t": 40, "b": 4}, clickmode="event+select", dragmode=False)
-    return fig
+        shapes.append({"type": "rect", "x0": x0 - 0.5, "x1": x1 - 0.5, "y0": y0 - 0.5, "y1": y1 - 0.5,
+                       "line": {"color": BOX_COLOR, "width": 2, "dash": "dot"}})
+    layout = house_layout(
+        xaxis={"visible": False, "range": [-0.5, width - 0.5]},
+        yaxis={"visible": False, "range": [height - 0.5, -0.5], "scaleanchor": "x"},
+        title={"text": title, "font": {"size": 14}}, height=OVERLAY_PX + 60,
+        margin={"l": 4, "r": 4, "t": 40, "b": 4}, clickmode="event+select", dragmode=False)
+    if shapes:
+        layout["shapes"] = shapes
+    return figure_from_spec({"data": data, "layout": layout})
 
 
 def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: Union[bool, Sequence[bool]] = False,
@@ -123,45 +171,56 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
         colorbar_title: one title, or one per panel when the scales are not shared.
 
     Returns:
-        The figure; panel i uses ``coloraxis`` (shared) or ``coloraxis{i + 1}`` (own scales).
+        The figure; every panel uses ``coloraxis`` (shared), or panel i its own ``coloraxis{i + 1}`` (own scales;
+        plotly names the first one ``coloraxis``).
     """
-    grids = np.asarray(grids)
+    grids = _floats(grids)
     count = grids.shape[0]
     flags = [bool(diverging)] * count if isinstance(diverging, bool) else [bool(d) for d in diverging]
     bar_titles = [colorbar_title] * count if isinstance(colorbar_title, str) else list(colorbar_title)
     columns = min(columns, count)
     rows = int(np.ceil(count / columns))
     # Own colour bars sit right of their panel: leave them room between the columns.
-    spacing = 0.03 if shared_scale else 0.12
-    fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(titles), horizontal_spacing=spacing,
-                        vertical_spacing=0.1 if rows > 1 else 0.0)
-    layout = {}
+    x_domains = panel_domains(columns, 0.03 if shared_scale else 0.12)
+    y_domains = panel_domains(rows, 0.1 if rows > 1 else 0.0)[::-1]  # row 1 at the top
+    data: List[Dict[str, Any]] = []
+    layout: Dict[str, Any] = {}
+    annotations = []
     if shared_scale:
         zmin, zmax = color_range(grids, flags[0])
         layout["coloraxis"] = {"colorscale": DIVERGING if flags[0] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
-                               "colorbar": {"thickness": 10, "title": {"text": bar_titles[0], "side": "right"}}}
+                               "colorbar": _colorbar(bar_titles[0])}
     for index in range(count):
-        row, col = index // columns + 1, index % columns + 1
-        axis = "coloraxis" if shared_scale else f"coloraxis{index + 1}"
-        fig.add_trace(go.Heatmap(z=grids[index], coloraxis=axis,
-                                 hovertemplate="row %{y}, col %{x}<br>%{z:.4f}<extra>" + str(titles[index]) +
-                                               "</extra>"), row=row, col=col)
+        x_domain, y_domain = x_domains[index % columns], y_domains[index // columns]
         suffix = "" if index == 0 else str(index + 1)
+        axis = "coloraxis" if shared_scale else f"coloraxis{suffix}"
+        data.append({"type": "heatmap", "z": grids[index], "coloraxis": axis,
+                     "hovertemplate": f"row %{{y}}, col %{{x}}<br>%{{z:.4f}}<extra>{titles[index]}</extra>",
+                     "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
+        layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": list(x_domain), "showticklabels": False,
+                                    "ticks": "", "showline": False, "constrain": "domain"}
         # Each panel anchors its own y axis to its own x axis (anchoring all to "x" made only the first square).
-        fig.update_yaxes(autorange="reversed", showticklabels=False, ticks="", showline=False,
-                         scaleanchor=f"x{suffix}", constrain="domain", row=row, col=col)
-        fig.update_xaxes(showticklabels=False, ticks="", showline=False, constrain="domain", row=row, col=col)
+        layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": list(y_domain), "autorange": "reversed",
+                                    "showticklabels": False, "ticks": "", "showline": False,
+                                    "scaleanchor": f"x{suffix}", "constrain": "domain"}
+        annotations.append({"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(titles[index]),
+                            "x": (x_domain[0] + x_domain[1]) / 2, "xanchor": "center", "xref": "paper",
+                            "y": y_domain[1], "yanchor": "bottom", "yref": "paper"})
         if not shared_scale:
             zmin, zmax = color_range(grids[index], flags[index])
-            x_domain = fig.layout[f"xaxis{suffix}"].domain
-            y_domain = fig.layout[f"yaxis{suffix}"].domain
             layout[axis] = {"colorscale": DIVERGING if flags[index] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
-                            "colorbar": {"thickness": 10, "x": x_domain[1] + 0.005, "xanchor": "left",
-                                         "y": (y_domain[0] + y_domain[1]) / 2, "len": y_domain[1] - y_domain[0],
-                                         "title": {"text": bar_titles[index], "side": "right"}}}
-    _style(fig)
-    fig.update_layout(title=title, height=80 + 220 * rows, margin={"l": 4, "r": 60, "t": 70, "b": 4}, **layout)
-    return fig
+                            "colorbar": _colorbar(bar_titles[index], x=x_domain[1] + 0.005, xanchor="left",
+                                                  y=(y_domain[0] + y_domain[1]) / 2, len=y_domain[1] - y_domain[0])}
+    return figure_from_spec({"data": data, "layout": house_layout(
+        annotations=annotations, title={"text": title}, height=80 + 220 * rows,
+        margin={"l": 4, "r": 60, "t": 70, "b": 4}, **layout)})
+
+
+def panel_domains(count: int, spacing: float) -> List[Tuple[float, float]]:
+    """``count`` equal (start, end) intervals of [0, 1] with ``spacing`` between them, in order (the domains
+    plotly's ``make_subplots`` gives its columns or, reversed, its rows)."""
+    size = (1.0 - spacing * (count - 1)) / count
+    return [(index * (size + spacing), index * (size + spacing) + size) for index in range(count)]
 
 
 def token_ticks(labels: Sequence[str], num_prefix_tokens: int, grid: Tuple[int, int], most: int = 16
@@ -222,37 +281,36 @@ def token_matrix(matrix: np.ndarray, labels: List[str], title: str, diverging: b
             labelled "r<row>"); without ``grid`` every token is a tick.
         colorbar_title: colour bar title.
     """
+    matrix = _floats(matrix)
     zmin, zmax = color_range(matrix, diverging)
     tokens = np.arange(matrix.shape[0])
     cells, centres, block = token_blocks(matrix)
     hover = ("query %{y}<br>key %{x}<br>%{z:.4f}<extra></extra>" if block == 1 else
              f"queries %{{y}} +- {block / 2:g}<br>keys %{{x}} +- {block / 2:g}<br>mean %{{z:.4f}}<extra></extra>")
-    fig = go.Figure(go.Heatmap(z=cells, x=centres, y=centres, colorscale=DIVERGING if diverging else SEQUENTIAL,
-                               zmin=zmin, zmax=zmax,
-                               colorbar={"thickness": 10, "title": {"text": colorbar_title, "side": "right"}},
-                               hovertemplate=hover))
     if block > 1:
         title = f"{title} (means of {block} x {block} token blocks)"
     positions, texts = (token_ticks(labels, num_prefix_tokens, grid) if grid is not None
                         else (list(tokens), list(labels)))
-    _style(fig)
-    fig.update_yaxes(autorange="reversed", title="query token", tickmode="array", tickvals=positions, ticktext=texts,
-                     scaleanchor="x", constrain="domain", showline=False, ticks="outside")
-    fig.update_xaxes(title="key token", tickmode="array", tickvals=positions, ticktext=texts, tickangle=-90,
-                     constrain="domain", showline=False, ticks="outside")
-    fig.update_layout(title=title, height=500, margin={"l": 60, "r": 4, "t": 50, "b": 60})
-    return fig
+    axis = {"tickmode": "array", "tickvals": [int(p) for p in positions], "ticktext": [str(t) for t in texts],
+            "constrain": "domain", "showline": False, "ticks": "outside"}
+    return figure_from_spec({
+        "data": [{"type": "heatmap", "z": _floats(cells), "x": centres, "y": centres,
+                  "colorscale": DIVERGING if diverging else SEQUENTIAL, "zmin": zmin, "zmax": zmax,
+                  "colorbar": _colorbar(colorbar_title), "hovertemplate": hover}],
+        "layout": house_layout(
+            yaxis={**axis, "autorange": "reversed", "title": {"text": "query token"}, "scaleanchor": "x"},
+            xaxis={**axis, "title": {"text": "key token"}, "tickangle": -90},
+            title={"text": title}, height=500, margin={"l": 60, "r": 4, "t": 50, "b": 60})})
 
 
 def top_k_bars(predictions: Sequence[Tuple[str, float]], title: str, truth: Optional[str] = None) -> go.Figure:
     """Horizontal bars of the top-k class probabilities (the true class, when known, in green)."""
-    names = [name for name, _ in predictions][::-1]
-    probs = [p for _, p in predictions][::-1]
+    names = [str(name) for name, _ in predictions][::-1]
+    probs = [float(p) for _, p in predictions][::-1]
     colors = [TRUTH_COLOR if truth is not None and name == truth else BAR_COLOR for name in names]
-    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
-                           text=[f"{p:.1%}" for p in probs], textposition="auto"))
-    _style(fig)
-    fig.update_xaxes(range=[0, 1], title="probability")
-    fig.update_yaxes(type="category", title="class")
-    fig.update_layout(title=title, height=230, margin={"l": 4, "r": 4, "t": 40, "b": 30})
-    return fig
+    return figure_from_spec({
+        "data": [{"type": "bar", "x": probs, "y": names, "orientation": "h", "marker": {"color": colors},
+                  "text": [f"{p:.1%}" for p in probs], "textposition": "auto"}],
+        "layout": house_layout(xaxis={"range": [0, 1], "title": {"text": "probability"}},
+                               yaxis={"type": "category", "title": {"text": "class"}},
+                               title={"text": title}, height=230, margin={"l": 4, "r": 4, "t": 40, "b": 30})})

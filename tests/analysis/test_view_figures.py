@@ -1,10 +1,13 @@
 """The Compare view's figures: square panels, their own or one shared colour scale, token ticks, labels."""
 
+import json
+
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 
 from analysis.compare_view import CompareSettings, ModelView, compare_figures, overlay_ranges
-from analysis.view_figures import heads_grid, token_matrix, token_ticks
+from analysis.view_figures import attention_overlay, heads_grid, panel_domains, token_matrix, token_ticks, top_k_bars
 
 
 def _view(refined: bool, seed: int, layers: int = 2, heads: int = 2, grid=(3, 3)) -> ModelView:
@@ -108,3 +111,48 @@ def test_no_view_figure_has_a_colour_streamlit_rewrites() -> None:
     assert figs and all(not streamlit_placeholders(f) for f in figs.values())
     black = figs["overlay-a-layer1"].data[1].colorscale[0][1]
     assert black == "rgb(0,0,4)"  # Inferno's black, written so that it survives
+
+
+def _builders(dtype) -> dict:
+    rng = np.random.default_rng(3)
+    picture = (rng.random((24, 24, 3)) * 255).astype(np.uint8)
+    grid = rng.random((4, 4)).astype(dtype)
+    labels = ["CLS"] + [f"patch ({r}, {c})" for r in range(4) for c in range(4)]
+    return {
+        "overlay": attention_overlay(picture, grid, (6, 6), 0.6, "t", query_patch=(1, 2), box=(2, 3, 20, 21)),
+        "difference": attention_overlay(picture, grid - 0.5, (6, 6), 0.6, "t", diverging=True, zrange=(-1, 1)),
+        "heads": heads_grid(rng.random((6, 4, 4)).astype(dtype), [f"head {h}" for h in range(6)], "t"),
+        "softmax-vs-effective": heads_grid((rng.random((3, 4, 4)) - 0.3).astype(dtype), ["a", "b", "c"], "t",
+                                           diverging=[False, True, True], columns=3, shared_scale=False,
+                                           colorbar_title=["a", "b", "c"]),
+        "matrix": token_matrix(rng.random((17, 17)).astype(dtype), labels, "t", num_prefix_tokens=1, grid=(4, 4)),
+        "blocks": token_matrix(rng.random((300, 300)).astype(dtype) - 0.5, ["t"] * 300, "t", diverging=True),
+        "top5": top_k_bars([("3", 0.5), ("1", 0.25)], "t", truth="1"),
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_figures_are_what_plotly_validation_makes_of_them(dtype) -> None:
+    # The builders skip plotly.py's validation (`figure_from_spec`): each figure must already be in the form
+    # validation gives, so the screen and every export show the same figure as a validated one would.
+    for name, fig in _builders(dtype).items():
+        validated = go.Figure(fig.to_plotly_json())
+        assert json.loads(fig.to_json()) == json.loads(validated.to_json()), name
+        assert fig.layout.template.layout.plot_bgcolor == "white" and fig.layout.font.family.startswith("Arial")
+
+
+def test_figures_do_not_share_their_template() -> None:
+    first, second = _builders(np.float32)["overlay"], _builders(np.float32)["top5"]
+    first.layout.template.layout.paper_bgcolor = "#123456"
+    first.update_layout(template_layout_plot_bgcolor="#654321")
+    assert first.layout.template.layout.paper_bgcolor == "#123456"
+    assert "#123456" not in second.to_json() and "#654321" not in second.to_json()
+    assert "#123456" not in top_k_bars([("1", 1.0)], "t").to_json()
+
+
+def test_panel_domains_are_make_subplots_domains() -> None:
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.12, vertical_spacing=0.1)
+    assert np.allclose(panel_domains(3, 0.12), [fig.layout[f"xaxis{i}"].domain for i in (1, 2, 3)])
+    assert np.allclose(panel_domains(2, 0.1)[::-1], [fig.layout[f"yaxis{i}"].domain for i in (1, 4)])
