@@ -14,8 +14,9 @@ validation makes of it, so nothing plotly would have changed is skipped.
 
 from __future__ import annotations
 
-import copy
+import base64
 import functools
+import io
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -24,8 +25,8 @@ import plotly.io as pio
 
 from .colorscales import rgb_colorscale
 
-OVERLAY_PX = 340  # drawn size of the overlay figures; markers are sized from it so every patch is clickable
-PATCH_TRACE = 2    # index of the clickable marker trace in `attention_overlay` (after the image and the heatmap)
+OVERLAY_PX = 340  # drawn height of the overlay figures' plot area
+PATCH_TRACE = 1    # index of the clickable heatmap in `attention_overlay` (after the picture)
 SEQUENTIAL = rgb_colorscale("Inferno")   # black = 0; rgb() stops: see `analysis.colorscales`
 DIVERGING = rgb_colorscale("RdBu_r")
 TEMPLATE = "simple_white"
@@ -73,6 +74,16 @@ def _floats(values: np.ndarray) -> np.ndarray:
     return values if values.dtype in (np.float32, np.float64) else values.astype(np.float32)
 
 
+def png_data_uri(picture: np.ndarray) -> str:
+    """An (H, W, 3) uint8 picture as a PNG ``data:`` URI (what a plotly image trace draws without decoding
+    pixels in the browser; a ``z`` array of pixels costs plotly.js a canvas pass on every redraw)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8)).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _colorbar(title: str, **extra: Any) -> Dict[str, Any]:
     return {"thickness": 10, **extra, "title": {"text": title, "side": "right"}}
 
@@ -113,28 +124,23 @@ def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tup
         colorbar_title: title of the colour bar (what the colour measures).
 
     Returns:
-        A figure whose trace `PATCH_TRACE` has one clickable marker per patch, in row-major order; its
-        ``customdata = [row, col, value]`` feeds the hover text.
+        A figure whose trace `PATCH_TRACE` is the attention heatmap, one cell per patch: a click on a patch
+        reports the point index [row, col] (also at opacity 0: plotly finds the cell from the position), and
+        hovering names the patch and its value.
     """
     gh, gw = grid_map.shape
     ph, pw = patch_size
     height, width = picture.shape[:2]
     grid_map = _floats(grid_map)
     zmin, zmax = zrange if zrange is not None else color_range(grid_map, diverging)
-    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    marker_px = max(4.0, 0.9 * OVERLAY_PX / max(gh, gw))
-    faint = {"marker": {"opacity": 0.01}}
+    patch_names = [[f"patch ({r}, {c})" for c in range(gw)] for r in range(gh)]
     data = [
-        {"type": "image", "z": np.asarray(picture), "hoverinfo": "skip"},
+        # The picture's pixels span [-0.5, W - 0.5] x [-0.5, H - 0.5] like a ``z`` image, so patches line up.
+        {"type": "image", "source": png_data_uri(picture), "hoverinfo": "skip"},
         {"type": "heatmap", "z": grid_map, "x0": (pw - 1) / 2, "dx": pw, "y0": (ph - 1) / 2, "dy": ph,
          "opacity": opacity, "colorscale": DIVERGING if diverging else SEQUENTIAL, "zmin": zmin, "zmax": zmax,
-         "hoverinfo": "skip", "colorbar": _colorbar(colorbar_title, len=0.8)},
-        {"type": "scatter", "x": (cols.ravel() + 0.5) * pw - 0.5, "y": (rows.ravel() + 0.5) * ph - 0.5,
-         "mode": "markers", "marker": {"symbol": "square", "size": marker_px, "color": "white", "opacity": 0.01},
-         "customdata": np.stack([rows.ravel(), cols.ravel(), grid_map.ravel()], axis=1),
-         "hovertemplate": "patch (%{customdata[0]}, %{customdata[1]})<br>attention %{customdata[2]:.4f}"
-                          "<extra></extra>",
-         "selected": faint, "unselected": copy.deepcopy(faint), "showlegend": False},
+         "text": patch_names, "hovertemplate": "%{text}<br>attention %{z:.4f}<extra></extra>",
+         "colorbar": _colorbar(colorbar_title, len=0.8)},
     ]
     shapes = []
     if query_patch is not None:

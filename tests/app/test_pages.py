@@ -175,18 +175,18 @@ def test_token_helpers() -> None:
     assert map_query(1 + 7 * 8 + 7, View(1, (8, 8)), View(1, (4, 4))) == 1 + 15
 
 
-def test_clicked_patch_reads_the_point_index_of_the_marker_trace() -> None:
+def test_clicked_patch_reads_the_cell_of_the_overlay_heatmap() -> None:
     picture = np.zeros((48, 48, 3), np.uint8)
     fig = attention_overlay(picture, np.random.default_rng(0).random((8, 8)), (6, 6), 0.5, "t")
-    markers = fig.data[PATCH_TRACE]
-    assert markers.type == "scatter" and len(markers.x) == 64
-    # What Streamlit sends for a click on marker 27 (plotly >= 6 turns numpy customdata into a dict).
-    point = {"curve_number": PATCH_TRACE, "point_index": 27, "x": 20.5, "y": 20.5,
-             "customdata": {"0": 3, "1": 3, "2": 0.1}}
-    assert clicked_patch(point, (8, 8)) == (3, 3)
-    assert (markers.x[27], markers.y[27]) == (3.5 * 6 - 0.5, 3.5 * 6 - 0.5)  # the marker sits on patch (3, 3)
-    assert clicked_patch(dict(point, curve_number=1), (8, 8)) is None   # the heatmap, not a patch marker
-    assert clicked_patch(dict(point, point_index=64), (8, 8)) is None
+    cells = fig.data[PATCH_TRACE]
+    assert cells.type == "heatmap" and np.asarray(cells.z).shape == (8, 8) and cells.text[3][5] == "patch (3, 5)"
+    assert (cells.x0, cells.dx, cells.y0, cells.dy) == (2.5, 6, 2.5, 6)  # cell (3, 5) covers that patch's pixels
+    # What the chart element sends for a click on the cell of patch (3, 5).
+    point = {"curve_number": PATCH_TRACE, "point_index": [3, 5], "point_number": [3, 5]}
+    assert clicked_patch(point, (8, 8)) == (3, 5)
+    assert clicked_patch(dict(point, curve_number=0), (8, 8)) is None   # the picture, not the heatmap
+    assert clicked_patch(dict(point, point_index=[8, 0]), (8, 8)) is None
+    assert clicked_patch(dict(point, point_index=27), (8, 8)) is None
     assert clicked_patch({"curve_number": PATCH_TRACE}, (8, 8)) is None
 
 
