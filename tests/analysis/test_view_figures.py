@@ -44,11 +44,20 @@ def test_softmax_vs_effective_panels_are_square_and_each_has_its_own_scale() -> 
     assert first.colorbar.x < second.colorbar.x < fig.layout.coloraxis3.colorbar.x
 
 
-def test_all_heads_grid_is_square_on_one_titled_scale() -> None:
-    fig = heads_grid(np.random.default_rng(0).random((6, 4, 4)), [f"head {h}" for h in range(6)], "t")
-    _axes_anchor_their_own_x(fig, 6)
-    assert {t.coloraxis for t in fig.data} == {"coloraxis"}
-    assert fig.layout.coloraxis.colorbar.title.text == "attention weight"
+def test_all_heads_grid_is_one_square_mosaic_on_one_titled_scale() -> None:
+    grids = np.random.default_rng(0).random((6, 4, 4))
+    fig = heads_grid(grids, [f"head {h}" for h in range(6)], "t")
+    (mosaic,) = fig.data  # one plot for all heads
+    assert mosaic.coloraxis == "coloraxis" and fig.layout.coloraxis.colorbar.title.text == "attention weight"
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.autorange == "reversed"  # square cells
+    z = np.asarray(mosaic.z, dtype=float)
+    assert z.shape == (2 * 5 - 1, 4 * 5 - 1)  # 2 rows x 4 columns of 4 x 4 panels, one empty cell between
+    np.testing.assert_allclose(z[5:9, 5:9], grids[5])  # head 5: second row, second column
+    assert np.isnan(z[4]).all() and np.isnan(z[:, 4]).all() and np.isnan(z[5:, 10:]).all()  # gaps, empty slots
+    assert mosaic.text[6][7] == "head 5, row 1, col 2" and not mosaic.hoverongaps
+    titles = {a.text: (a.x, a.y) for a in fig.layout.annotations}
+    assert titles["head 5"] == (6.5, 4.5) and titles["head 0"] == (1.5, -0.5)  # above the middle of its panel
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (grids.min(), grids.max())
 
 
 def test_token_matrix_has_token_tick_labels() -> None:
