@@ -173,7 +173,10 @@ def render_sidebar(with_metrics: bool = False) -> Context:
     canvas = canvas_key(models[0].data if models[0] else None)
 
     types = ", ".join(t.upper() for t in ACCEPTED_EXTENSIONS)
-    sidebar.file_uploader("Upload an image", type=list(ACCEPTED_EXTENSIONS), key=UPLOAD_WIDGET,
+    # No type filter in the uploader: Streamlit's own refusal ("application/pdf files are not allowed") does not
+    # say what is accepted; `_on_upload` refuses any file that is not an image in words that do, and keeps the
+    # current image.
+    sidebar.file_uploader("Upload an image", type=None, key=UPLOAD_WIDGET,
                           on_change=_on_upload,
                           help=f"Accepted types: {types} (GIF: first frame), up to 20 MB. Each upload is added to "
                                "the Image picker, so you can switch between them.")

@@ -60,7 +60,7 @@ def _human_bytes(size: int) -> str:
 def _read_bytes(source: ImageSource, max_bytes: int) -> Tuple[bytes, str]:
     """The encoded bytes of ``source`` (at most ``max_bytes``) and a name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data, name = bytes(source), "the image"
+        data, name = bytes(source), "the file"  # the caller knows its name (e.g. "photo.png: ...")
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         name = os.path.basename(path) or path
@@ -75,7 +75,7 @@ def _read_bytes(source: ImageSource, max_bytes: int) -> Tuple[bytes, str]:
         except OSError as error:  # no permission, a device, a file removed meanwhile
             raise ImageInputError(f"{path} cannot be read: {error.strerror or error}") from None
     elif hasattr(source, "read"):
-        name = os.path.basename(str(getattr(source, "name", ""))) or "the image"
+        name = os.path.basename(str(getattr(source, "name", ""))) or "the file"
         if hasattr(source, "seek"):
             source.seek(0)
         # Read one byte past the limit so an oversize stream is detected without reading all of it.

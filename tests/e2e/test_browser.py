@@ -125,6 +125,13 @@ def test_app_in_a_real_browser(tmp_path: Path) -> None:
         assert url_params(page)["img"] == current
         page.screenshot(path=str(shots / "corrupt-upload.png"), full_page=True)
 
+        # A file that is not an image: the message says which types are accepted; the current image stays.
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not an image\n")
+        page.locator("input[type=file]").first.set_input_files(str(notes))
+        page.get_by_text("notes.txt: the file is not an image in a supported format (JPEG, PNG").wait_for(timeout=60_000)
+        assert url_params(page)["img"] == current
+
         # An image smaller than one patch (issue 11 bug 2): no traceback; it is shown enlarged, as the model sees
         # it, with a note, and the earlier upload stays in the Image picker.
         tiny = tmp_path / "dot.png"
