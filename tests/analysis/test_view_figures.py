@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from analysis.compare_view import CompareSettings, ModelView, compare_figures, overlay_ranges
-from analysis.view_figures import attention_overlay, heads_grid, panel_domains, token_matrix, token_ticks, top_k_bars
+from analysis.view_figures import TRACE_TYPES, attention_overlay, heads_grid, panel_domains, token_matrix, token_ticks, top_k_bars
 
 
 def _view(refined: bool, seed: int, layers: int = 2, heads: int = 2, grid=(3, 3)) -> ModelView:
@@ -148,6 +148,7 @@ def test_figures_are_what_plotly_validation_makes_of_them(dtype) -> None:
         validated = go.Figure(fig.to_plotly_json())
         assert json.loads(fig.to_json()) == json.loads(validated.to_json()), name
         assert fig.layout.template.layout.plot_bgcolor == "white" and fig.layout.font.family.startswith("Arial")
+        assert {trace.type for trace in fig.data} <= set(TRACE_TYPES), name  # the slim template covers them
 
 
 def test_figures_do_not_share_their_template() -> None:
