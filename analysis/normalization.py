@@ -68,7 +68,8 @@ def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
         normalize: ``"none"``, ``"abs_rownorm"`` or ``"clip_rownorm"`` (see module docstring).
         dtype: dtype of the result (default: that of `as_float_array`). ``np.float64`` normalises a float32
             map in float64 (the per-image metrics do this one layer at a time).
-        out: optional (..., Q, N) array of ``dtype`` to write the result into (a buffer reused per layer).
+        out: optional C-contiguous (..., Q, N) array to write the result into (a buffer reused per layer);
+            its dtype is the result's.
 
     Returns:
         (..., Q, N) array of ``dtype`` (``out`` when given). With a row-norm mode every row sums to 1 (or is all
@@ -78,6 +79,8 @@ def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
     check_mode(normalize)
     maps = as_float_array(maps)
     dtype = np.dtype(out.dtype if out is not None else (maps.dtype if dtype is None else dtype))
+    if out is not None and (out.shape != maps.shape or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous array of shape {maps.shape}, got {out.shape}")
     if out is None:
         if normalize == "none" and maps.dtype == dtype:
             return maps

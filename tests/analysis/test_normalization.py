@@ -42,3 +42,15 @@ def test_row_entropy_nats_equals_scipy_with_zeros_and_ignores_negative_entries()
         np.testing.assert_allclose(got, entropy(rows, axis=-1), atol=tolerance)
     signed = np.array([[0.5, 0.5, -0.25]])
     np.testing.assert_allclose(row_entropy_nats(signed), [np.log(2.0)])  # as if the -0.25 were not there
+
+
+def test_normalize_rows_into_a_buffer_equals_a_new_array_and_refuses_a_strided_one() -> None:
+    rng = np.random.default_rng(1)
+    maps = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    for mode in ("none", "abs_rownorm", "clip_rownorm"):
+        out = np.full(maps.shape, np.nan)
+        got = normalize_rows(maps[::-1], mode, out=out)  # a non-contiguous input is fine
+        assert got is out and got.dtype == np.float64
+        np.testing.assert_allclose(got, normalize_rows(maps[::-1].astype(np.float64), mode), rtol=1e-7)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        normalize_rows(maps, "abs_rownorm", out=np.empty((2, 3, 5, 4)).swapaxes(-1, -2))
