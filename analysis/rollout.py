@@ -19,7 +19,7 @@ from typing import Literal, Tuple
 
 import numpy as np
 
-from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows
+from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -91,15 +91,18 @@ def rollout_of_fused(fused: np.ndarray, discard_ratio: float = 0.0, add_identity
     """`attention_rollout` from the head-fused maps: (L, N, N) -> (N, N), or (L, N, N) with ``return_all``.
 
     The per-image metrics fuse each layer's heads while that layer's normalised rows are at hand, so the
-    normalised maps of all layers never exist at once.
+    normalised maps of all layers never exist at once. ``fused`` is overwritten (its factors are made in place:
+    no further (L, N, N) copies).
     """
     if discard_ratio > 0:
-        fused = discard_lowest(fused, discard_ratio)
+        fused[...] = discard_lowest(fused, discard_ratio)
     tokens = fused.shape[-1]
     if add_identity:
-        fused = fused + np.eye(tokens, dtype=fused.dtype)
+        fused[:, np.arange(tokens), np.arange(tokens)] += 1
     # Rows renormalised after fusion, discard and identity, so every factor (and the product) is stochastic.
-    fused = renormalize_rows(fused)
+    sums = fused.sum(axis=-1, keepdims=True)
+    sums[sums == 0] = 1  # a zero row stays zero
+    fused /= sums
     result = np.eye(tokens, dtype=fused.dtype)
     products = []
     for layer in range(fused.shape[0]):  # a chain of L matrix products; inherently sequential

@@ -71,13 +71,16 @@ def pairwise_layer_cosines(maps_a: np.ndarray, maps_b: np.ndarray, normalize: No
     maps_a = as_float_array(maps_a)
     maps_b = maps_a if same else as_float_array(maps_b)
 
-    def one_head(head: int, work: Workspace) -> np.ndarray:
-        columns_a = key_major_columns(maps_a, head, normalize, work, "a")
-        return head_layer_cosines(columns_a, columns_a if same else key_major_columns(maps_b, head, normalize, work,
-                                                                                      "b"))
+    heads, keys = maps_a.shape[1], maps_a.shape[3]
+    out = np.empty((heads, keys, maps_a.shape[0], maps_b.shape[0]), dtype=np.result_type(maps_a, maps_b))
 
-    return np.stack(map_in_threads(one_head, maps_a.shape[1])).reshape(
-        maps_a.shape[1:2] + maps_a.shape[3:4] + (maps_a.shape[0], maps_b.shape[0]))
+    def one_head(head: int, work: Workspace) -> None:
+        columns_a = key_major_columns(maps_a, head, normalize, work, "a")
+        columns_b = columns_a if same else key_major_columns(maps_b, head, normalize, work, "b")
+        out[head] = head_layer_cosines(columns_a, columns_b)  # each head's rows of the result: no stacked copy
+
+    map_in_threads(one_head, heads)
+    return out
 
 
 def key_major_columns(maps: np.ndarray, head: int, normalize: Normalize, work: Workspace, name: str) -> np.ndarray:
