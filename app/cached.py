@@ -29,11 +29,12 @@ from .sources import LoadedModel, load_source
 _CAPTURE = threading.Lock()
 # What a capture holds at its peak, beyond the model, in float32 map bytes B of the kinds it records (both for a
 # refined model, one array for a vanilla one) and M of one kind: B while the maps are copied out of the capture,
-# then the float16 copies (B / 2) of a large view; the default metrics add about 3.2 M (the row-normalised copy,
-# unit columns, locality and Jensen-Shannon temporaries). Measured on Refiner-ViT-L at 448 px (B = 2.5 GB): 6.2 GB
-# over the model with metrics. The store reserves this while the capture runs (`app.map_store.MapStore.reserving`).
+# then the float16 copies (B / 2) of a large view; the default metrics go through the maps one layer at a time (at
+# most 4 threads with buffers of about two maps of one layer each, `analysis.attention_metrics`): 0.28-0.45 GB of
+# working memory for M = 1.26 GB on Refiner-ViT-L at 448 px (`benchmarks/metrics_speed.py`; 3.2 M before they
+# went layer by layer). The store reserves this while the capture runs (`app.map_store.MapStore.reserving`).
 DRAW_WORKING_FACTOR = 1.5       # x B
-METRICS_WORKING_FACTOR = 3.5    # + x M
+METRICS_WORKING_FACTOR = 0.5    # + x M
 # fp32 map bytes (B, M) of each source's last capture: a later capture reserves for what the model really records.
 _MAP_BYTES: Dict[str, Tuple[int, int]] = {}
 
