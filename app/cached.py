@@ -28,12 +28,14 @@ from .sources import LoadedModel, load_source
 # cores anyway, so running them one after the other costs no throughput; a session whose view is kept never waits.
 _CAPTURE = threading.Lock()
 # What a capture holds at its peak, beyond the model, in float32 map bytes B of the kinds it records (both for a
-# refined model, one array for a vanilla one) and M of one kind: B while the maps are copied out of the capture,
-# then the float16 copies (B / 2) of a large view; the default metrics go through the maps one layer at a time (at
+# refined model, one array for a vanilla one) and M of one kind: the captured maps and their copies out of the
+# capture, then the float16 copies (B / 2) of a large view. Measured on Refiner-ViT-L at 448 px (B = 2.52 GB, one
+# process, VmHWM above the loaded model): a float32 capture peaks at 4.98 GB (2.0 B), a float16 capture with the
+# default metrics at 3.83 GB; the default metrics go through the maps one layer at a time (at
 # most 4 threads with buffers of about two maps of one layer each, `analysis.attention_metrics`): 0.28-0.45 GB of
 # working memory for M = 1.26 GB on Refiner-ViT-L at 448 px (`benchmarks/metrics_speed.py`; 3.2 M before they
 # went layer by layer). The store reserves this while the capture runs (`app.map_store.MapStore.reserving`).
-DRAW_WORKING_FACTOR = 1.5       # x B
+DRAW_WORKING_FACTOR = 2.0       # x B
 METRICS_WORKING_FACTOR = 0.5    # + x M
 # fp32 map bytes (B, M) of each source's last capture: a later capture reserves for what the model really records.
 _MAP_BYTES: Dict[str, Tuple[int, int]] = {}

@@ -153,8 +153,8 @@ def test_a_capture_reserves_its_working_memory_from_the_geometry_then_from_what_
                                                     weights="test", weights_sha256="0"), label="v")
     one_kind = 4 * 4 * 65 * 65 * 4
     cached._MAP_BYTES.pop("reserve-test", None)
-    assert cached.capture_reserve_bytes(loaded, False) == int(1.5 * 2 * one_kind)   # both kinds: an upper bound
-    assert cached.capture_reserve_bytes(loaded, True) == int(1.5 * 2 * one_kind + 0.5 * one_kind)
+    assert cached.capture_reserve_bytes(loaded, False) == int(2.0 * 2 * one_kind)   # both kinds: an upper bound
+    assert cached.capture_reserve_bytes(loaded, True) == int(2.0 * 2 * one_kind + 0.5 * one_kind)
     cached._remember_map_bytes("reserve-test", capture_view(loaded, Image.new("RGB", (32, 32))))
-    assert cached.capture_reserve_bytes(loaded, False) == int(1.5 * one_kind)        # a vanilla model: one array
+    assert cached.capture_reserve_bytes(loaded, False) == int(2.0 * one_kind)        # a vanilla model: one array
     cached._MAP_BYTES.pop("reserve-test", None)
