@@ -62,12 +62,10 @@ def _run(body: AttentionRefinement, fn, attn: torch.Tensor, grad: torch.Tensor, 
     return out.detach(), x.grad, grads
 
 
-@pytest.mark.parametrize("layout", ["sequence", "spatial"])
-@pytest.mark.parametrize("zero_init", [False, True])
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_training_step_equals_the_nn_layer_body(layout: str, zero_init: bool, dtype: torch.dtype,
-                                                tol: float) -> None:
-    # Outputs, gradients of the input and of every parameter, and the running statistics after two steps.
+def _training_step_matches_the_nn_layer_body(layout: str, zero_init: bool, dtype: torch.dtype, tol: float
+                                             ) -> Tuple[AttentionRefinement, torch.Tensor]:
+    """Two training steps of a Body and of `reference_body` on a copy: outputs, input and parameter gradients
+    within ``tol * (max |reference| + 1)``, running statistics within ``tol``. Returns (the Body, its input)."""
     new = _randomised_body(layout, zero_init, dtype).train()
     old = copy.deepcopy(new)
     attn = _attention(dtype)
@@ -75,15 +73,23 @@ def test_training_step_equals_the_nn_layer_body(layout: str, zero_init: bool, dt
     grad = torch.randn(attn.shape, dtype=dtype)
     out_new, dx_new, grads_new = _run(new, AttentionRefinement.forward, attn, grad)
     out_old, dx_old, grads_old = _run(old, reference_body, attn, grad)
-    scale = float(out_old.abs().max()) + 1.0
-    torch.testing.assert_close(out_new, out_old, atol=tol * scale, rtol=tol)
+    torch.testing.assert_close(out_new, out_old, atol=tol * (float(out_old.abs().max()) + 1.0), rtol=tol)
     torch.testing.assert_close(dx_new, dx_old, atol=tol * (float(dx_old.abs().max()) + 1.0), rtol=tol)
-    for name in grads_old:
-        ref = grads_old[name]
+    for name, ref in grads_old.items():
         torch.testing.assert_close(grads_new[name], ref, atol=tol * (float(ref.abs().max()) + 1.0), rtol=tol,
                                    msg=lambda m, name=name: f"{name}: {m}")
     for (name, a), (_, b) in zip(new.named_buffers(), old.named_buffers()):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m, name=name: f"{name}: {m}")
+    return new, attn
+
+
+@pytest.mark.parametrize("layout", ["sequence", "spatial"])
+@pytest.mark.parametrize("zero_init", [False, True])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_training_step_equals_the_nn_layer_body(layout: str, zero_init: bool, dtype: torch.dtype,
+                                                tol: float) -> None:
+    # Outputs, gradients of the input and of every parameter, and the running statistics after two steps.
+    new, attn = _training_step_matches_the_nn_layer_body(layout, zero_init, dtype, tol)
     assert int(new.expand_norm.num_batches_tracked) == 2
     # The batch must reach both ReLU6 bounds, or the masks would go untested.
     with torch.no_grad():
@@ -225,20 +231,7 @@ def test_training_step_with_the_compiled_kernels_switched_off_equals_the_nn_laye
     from refiner import refinement_kernels
 
     monkeypatch.setenv(refinement_kernels.ENV_SWITCH, "0")
-    new = _randomised_body(layout, zero_init, torch.float32).train()
-    old = copy.deepcopy(new)
-    attn = _attention(torch.float32)
-    torch.manual_seed(3)
-    grad = torch.randn(attn.shape)
-    out_new, dx_new, grads_new = _run(new, AttentionRefinement.forward, attn, grad)
-    out_old, dx_old, grads_old = _run(old, reference_body, attn, grad)
-    torch.testing.assert_close(out_new, out_old, atol=2e-5 * (float(out_old.abs().max()) + 1), rtol=2e-5)
-    torch.testing.assert_close(dx_new, dx_old, atol=2e-5 * (float(dx_old.abs().max()) + 1), rtol=2e-5)
-    for name, ref in grads_old.items():
-        torch.testing.assert_close(grads_new[name], ref, atol=2e-5 * (float(ref.abs().max()) + 1), rtol=2e-5,
-                                   msg=lambda m, name=name: f"{name}: {m}")
-    for (name, a), (_, b) in zip(new.named_buffers(), old.named_buffers()):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=lambda m, name=name: f"{name}: {m}")
+    _training_step_matches_the_nn_layer_body(layout, zero_init, torch.float32, 2e-5)
 
 
 def _kernel_inputs(rows: int = 5000, channels: int = 7):
