@@ -97,23 +97,27 @@ def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
             np.abs(source[index], out=target[index])
         else:
             np.maximum(source[index], 0, out=target[index])
-        sums = target[index].sum(axis=-1, keepdims=True)
-        sums[sums == 0] = 1  # a zero-mass row is all zeros: 0 / 1 keeps it zero
-        np.divide(target[index], sums, out=target[index])
+        renormalize_rows(target[index], out=target[index])
     return out
 
 
-def renormalize_rows(weights: np.ndarray) -> np.ndarray:
+def renormalize_rows(weights: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Divide each row (last axis) by its sum; zero-sum rows stay zero.
 
     Used after taking a sub-block of a map (e.g. the patch->patch block), whose rows no longer sum to 1.
 
     Args:
         weights: (..., Q, M) non-negative weights (or raw rows for ``normalize="none"``).
+        out: optional float array of ``weights``' shape for the result; ``out=weights`` divides in place (no
+            temporary: at N = 785 one would be a whole map's worth).
 
     Returns:
-        (..., Q, M) rows summing to 1.
+        (..., Q, M) rows summing to 1 (``out`` when given).
     """
+    if out is not None:
+        sums = weights.sum(axis=-1, keepdims=True)
+        sums[sums == 0] = 1  # a zero-mass row is all zeros: 0 / 1 keeps it zero
+        return np.divide(weights, sums, out=out)
     weights = as_float_array(weights)
     sums = weights.sum(axis=-1, keepdims=True)
     if np.all(sums != 0):

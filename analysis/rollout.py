@@ -19,7 +19,7 @@ from typing import Literal, Tuple
 
 import numpy as np
 
-from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows
+from .normalization import DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -100,9 +100,7 @@ def rollout_of_fused(fused: np.ndarray, discard_ratio: float = 0.0, add_identity
     if add_identity:
         fused[:, np.arange(tokens), np.arange(tokens)] += 1
     # Rows renormalised after fusion, discard and identity, so every factor (and the product) is stochastic.
-    sums = fused.sum(axis=-1, keepdims=True)
-    sums[sums == 0] = 1  # a zero row stays zero
-    fused /= sums
+    renormalize_rows(fused, out=fused)
     result = np.eye(tokens, dtype=fused.dtype)
     products = []
     for layer in range(fused.shape[0]):  # a chain of L matrix products; inherently sequential
