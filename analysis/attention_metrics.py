@@ -17,12 +17,12 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .blas_threads import Workspace, map_in_threads, single_blas_thread
+from .blas_threads import Workspace, single_blas_thread
 from .head_diversity import (diversity_from_head_cosines, effective_heads_from_grams, layer_head_products,
                              layer_js, off_diagonal_mean)
 from .locality import LAYER_LOCALITY_KEYS, locality_dtype, layer_locality, negative_mass_fraction
 from .localisation import localisation
-from .normalization import Normalize, as_float_array, check_mode, normalize_rows, row_entropy_nats
+from .normalization import Normalize, as_float_array, check_mode, map_normalised_layers, row_entropy_nats
 from .rollout import HeadFusion, fuse_heads, rollout_cls_map, rollout_of_fused
 from .similarity import (adjacent_layer_similarity, cross_layer_similarity, similar_block_counts)
 
@@ -148,12 +148,11 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
     layers, tokens = maps.shape[0], maps.shape[-1]
     fused = np.empty((layers, tokens, tokens), dtype=maps.dtype)
 
-    def one_layer(layer: int, work: Workspace) -> Dict[str, np.ndarray]:
+    def one_layer(layer: int, rows: np.ndarray, work: Workspace) -> Dict[str, np.ndarray]:
         # The one normalised copy of this layer (float64: the Jensen-Shannon divergence and the Gram matrix need
         # it), read by every per-layer metric; its row entropies are shared by the entropy metrics and the JS.
         # One layer at a time keeps the working set to a few layers' worth (0.08 GB each at N = 785) instead of
         # several normalised copies of all maps.
-        rows = normalize_rows(maps[layer], settings.normalize, out=work.array("rows", maps.shape[1:]))
         entropy = row_entropy_nats(rows, work.array("logs", maps.shape[2:]))
         fused[layer] = fuse_heads(rows[None], settings.head_fusion)[0]
         values = layer_locality(rows, entropy, num_prefix_tokens, grid, patch_size, settings.grid_radius,
@@ -164,7 +163,7 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
                       negative_fraction=negative_mass_fraction(maps[layer]))
         return values
 
-    per_layer = map_in_threads(one_layer, layers)
+    per_layer = map_normalised_layers(one_layer, maps, settings.normalize)
 
     def stacked(key: str) -> np.ndarray:
         return np.stack([values[key] for values in per_layer])

@@ -16,9 +16,9 @@ from typing import Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .blas_threads import Workspace, map_in_threads
-from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, row_entropy_nats,
-                            safe_divide)
+from .blas_threads import Workspace
+from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, map_normalised_layers, normalize_rows,
+                            row_entropy_nats, safe_divide)
 
 
 def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -32,13 +32,14 @@ def head_cosine_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZ
         (L, H, H) symmetric matrices; the diagonal is the share of non-zero columns (1 for softmax maps).
     """
     maps = as_float_array(maps)
-    maps = as_float_array(maps)
+    cosines = map_normalised_layers(lambda _layer, rows, work: layer_head_products(rows, work)[1], maps, normalize,
+                                    maps.dtype)
+    return _per_layer_matrices(cosines, maps)
 
-    def one_layer(layer: int, work: Workspace) -> np.ndarray:
-        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:], maps.dtype))
-        return layer_head_products(rows, work)[1]
 
-    return np.stack(map_in_threads(one_layer, len(maps))).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
+def _per_layer_matrices(matrices: Sequence[np.ndarray], maps: np.ndarray) -> np.ndarray:
+    """One (H, H) matrix per layer of (L, H, N, N) ``maps``, stacked: (L, H, H)."""
+    return np.stack(matrices).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
 
 
 _PRODUCT_BLOCK_ROWS = 32  # query rows per product in `layer_head_products`: H x 32 x N float64 (3.2 MB at N = 785)
@@ -193,12 +194,10 @@ def head_js_matrix(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -
         (L, H, H) float64, symmetric, zero diagonal.
     """
     maps = as_float_array(maps)
-
-    def one_layer(layer: int, work: Workspace) -> np.ndarray:
-        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:]))
-        return layer_js(rows, row_entropy_nats(rows, work.array("logs", maps.shape[2:])), work)
-
-    return np.stack(map_in_threads(one_layer, len(maps))).reshape(maps.shape[:1] + maps.shape[1:2] * 2)
+    distances = map_normalised_layers(
+        lambda _layer, rows, work: layer_js(rows, row_entropy_nats(rows, work.array("logs", maps.shape[2:])), work),
+        maps, normalize)
+    return _per_layer_matrices(distances, maps)
 
 
 def head_js_distance(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE) -> np.ndarray:
@@ -231,9 +230,8 @@ def effective_number_of_heads(maps: np.ndarray, normalize: Normalize = DEFAULT_N
         answer, and a float32 Gram matrix put errors of ~1e-2 into it.
     """
     maps = as_float_array(maps)
-    grams = map_in_threads(lambda layer, work: layer_head_products(
-        normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:])), work)[0], len(maps))
-    return effective_heads_from_grams(np.stack(grams).reshape(maps.shape[:1] + maps.shape[1:2] * 2))
+    grams = map_normalised_layers(lambda _layer, rows, work: layer_head_products(rows, work)[0], maps, normalize)
+    return effective_heads_from_grams(_per_layer_matrices(grams, maps))
 
 
 def effective_heads_from_grams(gram: np.ndarray) -> np.ndarray:

@@ -22,9 +22,9 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .blas_threads import Workspace, map_in_threads
-from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, normalize_rows, renormalize_rows,
-                            row_entropy_nats)
+from .blas_threads import Workspace
+from .normalization import (DEFAULT_NORMALIZE, Normalize, as_float_array, map_normalised_layers, normalize_rows,
+                            renormalize_rows, row_entropy_nats)
 
 Grid = Tuple[int, int]
 
@@ -269,14 +269,13 @@ def locality_metrics(maps: np.ndarray, num_prefix_tokens: int, grid: Grid, patch
     maps = as_float_array(maps)
     _check_geometry(maps, num_prefix_tokens, grid)
 
-    def one_layer(layer: int, work: Workspace) -> Dict[str, np.ndarray]:
-        rows = normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:]))
+    def one_layer(layer: int, rows: np.ndarray, work: Workspace) -> Dict[str, np.ndarray]:
         entropy = row_entropy_nats(rows, work.array("logs", maps.shape[2:]))
         values = layer_locality(rows, entropy, num_prefix_tokens, grid, patch_size, grid_radius, band_width)
         values["negative_fraction"] = negative_mass_fraction(maps[layer])
         return values
 
-    layers = map_in_threads(one_layer, len(maps))
+    layers = map_normalised_layers(one_layer, maps, normalize)
     stacked = {key: np.array([values[key] for values in layers], dtype=locality_dtype(key, maps.dtype)).reshape(
         maps.shape[:2]) for key in LAYER_LOCALITY_KEYS + ("negative_fraction",)}
     return LocalityMetrics(grid_radius=int(grid_radius), band_width=int(band_width), **stacked)

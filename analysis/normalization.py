@@ -15,9 +15,13 @@ map the transform changes.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple
+from typing import Callable, List, Literal, Optional, Tuple, TypeVar
 
 import numpy as np
+
+from .blas_threads import Workspace, map_in_threads
+
+T = TypeVar("T")
 
 Normalize = Literal["none", "abs_rownorm", "clip_rownorm"]
 NORMALIZE_MODES: Tuple[str, ...] = ("none", "abs_rownorm", "clip_rownorm")
@@ -99,6 +103,26 @@ def normalize_rows(maps: np.ndarray, normalize: Normalize = DEFAULT_NORMALIZE,
             np.maximum(source[index], 0, out=target[index])
         renormalize_rows(target[index], out=target[index])
     return out
+
+
+def map_normalised_layers(fn: Callable[[int, np.ndarray, Workspace], T], maps: np.ndarray, normalize: Normalize,
+                          dtype: np.dtype = np.float64) -> List[T]:
+    """``[fn(layer, rows, work) for every layer]``, layers in parallel threads (`map_in_threads`).
+
+    ``rows`` is that layer's (H, Q, N) maps normalised (`normalize_rows`) in ``dtype`` into the calling thread's
+    reused buffer (``work``): the one normalised copy the per-layer metrics read, so the normalised maps of all
+    layers never exist at once. ``rows`` is overwritten by the thread's next layer: ``fn`` must not return it.
+
+    Args:
+        fn: work on one layer: (layer index, its normalised rows, the thread's `Workspace`).
+        maps: (L, H, Q, N) float maps (`as_float_array`).
+        normalize: row normalisation mode.
+        dtype: dtype of ``rows`` (float64 by default: the divergences and Gram matrices need it).
+    """
+    def one_layer(layer: int, work: Workspace) -> T:
+        return fn(layer, normalize_rows(maps[layer], normalize, out=work.array("rows", maps.shape[1:], dtype)), work)
+
+    return map_in_threads(one_layer, len(maps))
 
 
 def renormalize_rows(weights: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
