@@ -18,9 +18,7 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -29,6 +27,7 @@ import refiner
 from analysis.attention_metrics import MetricSettings, compute_map_metrics
 from analysis.blas_threads import single_blas_thread
 from analysis.head_diversity import head_embedding
+from timing import interleaved_wall_and_cpu  # benchmarks/timing.py (this script's folder is on sys.path)
 
 RESULTS = Path(__file__).parent / "results"
 GOAL_MS = 100.0
@@ -41,25 +40,6 @@ def capture_maps(name: str) -> tuple[np.ndarray, refiner.AttentionMeta]:
     with torch.no_grad(), refiner.capture_attention(model) as rec:
         model(torch.randn(1, 3, 224, 224))
     return rec.stacked("effective")[0].numpy(), rec.meta
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 2
-                      ) -> tuple[Dict[str, List[float]], Dict[str, List[float]]]:
-    """Wall-clock and process CPU seconds per call of each function, timed in alternation so background
-    load hits all alike. On a shared machine the wall clock also counts time spent waiting for a core;
-    the CPU time (all metrics run on one thread) is what the computation itself costs."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall: Dict[str, List[float]] = {k: [] for k in fns}
-    cpu: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def main() -> int:
@@ -85,12 +65,12 @@ def main() -> int:
         "refined_effective": lambda: compute_map_metrics(refined, *geometry, settings=settings, box=box),
     }
     load_before = os.getloadavg()
-    times, cpu_times = interleaved_times(fns, args.repeats)
+    measured = interleaved_wall_and_cpu(fns, args.repeats, warmup=2)
     # Timed on its own: interleaved, its 45 MB of float64 features are returned to the OS after every call
     # and the next metric call pays the page faults again.
-    embed_times, embed_cpu = interleaved_times({"head_embedding_pca_both_models": embed}, args.repeats)
-    times.update(embed_times)
-    cpu_times.update(embed_cpu)
+    measured.update(interleaved_wall_and_cpu({"head_embedding_pca_both_models": embed}, args.repeats, warmup=2))
+    times = {k: v["wall"] for k, v in measured.items()}
+    cpu_times = {k: v["cpu"] for k, v in measured.items()}
     medians_ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
     cpu_ms = {k: 1000 * statistics.median(v) for k, v in cpu_times.items()}
     worst_model_ms = max(medians_ms["vanilla_softmax"], medians_ms["refined_effective"])

@@ -16,15 +16,15 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import timm
 import torch
 from torch import nn
 
 import refiner
+from timing import interleaved_wall_and_cpu  # benchmarks/timing.py (this script's folder is on sys.path)
 
 RESULTS = Path(__file__).parent / "results"
 SMALL = dict(embed_dim=384, depth=12, num_heads=6)  # ViT-S width and depth for families without a -S model
@@ -51,26 +51,13 @@ MODELS: Dict[str, Tuple[str, Callable[[], nn.Module]]] = {
 }
 
 
-def interleaved_times(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int = 2
-                      ) -> Dict[str, Dict[str, float]]:
+def timed(fns: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, Dict[str, float]]:
     """Per function, the median and the minimum wall time and the median process CPU time of a call, timed
-    in alternation (the order rotates each round). Under other processes' load the minimum is the least disturbed run and the CPU time
-    leaves out time this process was not running; all three are reported."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall: Dict[str, List[float]] = {k: [] for k in fns}
-    cpu: Dict[str, List[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for round_ in range(repeats):
-        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:  # rotate: no fixed neighbour
-            fn = fns[key]
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[key].append(time.perf_counter() - start)
-            cpu[key].append(time.process_time() - start_cpu)
-    return {k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "cpu": statistics.median(cpu[k])}
-            for k in fns}
+    in rotating alternation (`timing.interleaved_wall_and_cpu`). Under other processes' load the minimum is the
+    least disturbed run and the CPU time leaves out time this process was not running; all three are reported."""
+    times = interleaved_wall_and_cpu(fns, repeats, warmup=2)
+    return {k: {"median": statistics.median(v["wall"]), "min": min(v["wall"]), "cpu": statistics.median(v["cpu"])}
+            for k, v in times.items()}
 
 
 def measure(builder: Callable[[], nn.Module], batch: int, repeats: int) -> Dict[str, float]:
@@ -96,8 +83,7 @@ def measure(builder: Callable[[], nn.Module], batch: int, repeats: int) -> Dict[
         with torch.no_grad(), refiner.capture_attention(model, verify=False):
             model(x)
 
-    t = interleaved_times({"plain": plain, "capture": captured, "cls_row": cls_row, "unchecked": unchecked},
-                          repeats)
+    t = timed({"plain": plain, "capture": captured, "cls_row": cls_row, "unchecked": unchecked}, repeats)
     base = t["plain"]
     out = {"plain_s": base["median"], "capture_s": t["capture"]["median"]}
     for key, label in (("capture", "ratio"), ("cls_row", "cls_row_ratio"), ("unchecked", "unchecked_ratio")):

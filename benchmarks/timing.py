@@ -1,9 +1,9 @@
 """Side-by-side timing for the benchmarks: `torch.utils.benchmark.Timer`, interleaved.
 
 Each round times every function once with its own Timer (which synchronises an accelerator around the call),
-in an order that rotates per round, so background load and clock changes hit all functions alike. Benchmarks
-that also report process CPU time (analysis_latency.py, capture_overhead.py) keep their own loops: Timer
-measures wall time only.
+in an order that rotates per round, so background load and clock changes hit all functions alike. Timer
+measures wall time only: benchmarks that also report process CPU time (analysis_latency.py,
+capture_overhead.py, metrics_speed.py) use `interleaved_wall_and_cpu`, the same rotation with both clocks.
 """
 
 from __future__ import annotations
