@@ -166,3 +166,22 @@ def test_panel_domains_are_make_subplots_domains() -> None:
     fig = make_subplots(rows=2, cols=3, horizontal_spacing=0.12, vertical_spacing=0.1)
     assert np.allclose(panel_domains(3, 0.12), [fig.layout[f"xaxis{i}"].domain for i in (1, 2, 3)])
     assert np.allclose(panel_domains(2, 0.1)[::-1], [fig.layout[f"yaxis{i}"].domain for i in (1, 4)])
+
+
+def test_the_overlay_picture_is_its_pixels_as_png_also_when_encoded_before() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from analysis.view_figures import png_data_uri
+
+    picture = (np.random.default_rng(5).random((20, 30, 3)) * 255).astype(np.uint8)
+    for attempt in range(2):  # the second call reads the kept encoding
+        uri = png_data_uri(picture.copy())
+        decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+        np.testing.assert_array_equal(decoded, picture)
+    other = picture.copy()
+    other[3, 4, 1] ^= 1
+    assert png_data_uri(other) != png_data_uri(picture)
+    assert png_data_uri(picture[:, :20]) != png_data_uri(picture)
