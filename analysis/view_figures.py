@@ -102,6 +102,18 @@ def _encoded_png(pixels: bytes, shape: Tuple[int, ...]) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _colorscale(diverging: bool) -> List[List[Any]]:
+    """The house colour scale: `DIVERGING` for maps that can be negative (and differences), else `SEQUENTIAL`."""
+    return DIVERGING if diverging else SEQUENTIAL
+
+
+def _panel_title(text: str, x: float, y: float, paper: bool) -> Dict[str, Any]:
+    """A small-multiple panel's title centred above (x, y): figure ("paper") coordinates, or the data
+    coordinates of the axes "x" and "y"."""
+    return {"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(text), "x": x, "xanchor": "center",
+            "xref": "paper" if paper else "x", "y": y, "yanchor": "bottom", "yref": "paper" if paper else "y"}
+
+
 def _colorbar(title: str, **extra: Any) -> Dict[str, Any]:
     return {"thickness": 10, **extra, "title": {"text": title, "side": "right"}}
 
@@ -158,7 +170,7 @@ def attention_overlay(picture: np.ndarray, grid_map: np.ndarray, patch_size: Tup
         # The picture's pixels span [-0.5, W - 0.5] x [-0.5, H - 0.5] like a ``z`` image, so patches line up.
         {"type": "image", "source": png_data_uri(picture), "hoverinfo": "skip"},
         {"type": "heatmap", "z": grid_map, "x0": (pw - 1) / 2, "dx": pw, "y0": (ph - 1) / 2, "dy": ph,
-         "opacity": opacity, "colorscale": DIVERGING if diverging else SEQUENTIAL, "zmin": zmin, "zmax": zmax,
+         "opacity": opacity, "colorscale": _colorscale(diverging), "zmin": zmin, "zmax": zmax,
          "text": patch_names, "hovertemplate": "%{text}<br>attention %{z:.4f}<extra></extra>",
          "colorbar": _colorbar(colorbar_title, len=0.8)},
     ]
@@ -226,7 +238,7 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
                      "hovertemplate": f"row %{{y}}, col %{{x}}<br>%{{z:.4f}}<extra>{titles[index]}</extra>",
                      "xaxis": f"x{suffix}", "yaxis": f"y{suffix}"})
         layout[f"coloraxis{suffix}"] = {
-            "colorscale": DIVERGING if flags[index] else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
+            "colorscale": _colorscale(flags[index]), "cmin": zmin, "cmax": zmax,
             "colorbar": _colorbar(bar_titles[index], x=x_domain[1] + 0.005, xanchor="left",
                                   y=(y_domain[0] + y_domain[1]) / 2, len=y_domain[1] - y_domain[0])}
         layout[f"xaxis{suffix}"] = {"anchor": f"y{suffix}", "domain": list(x_domain), "showticklabels": False,
@@ -235,9 +247,7 @@ def heads_grid(grids: np.ndarray, titles: Sequence[str], title: str, diverging: 
         layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}", "domain": list(y_domain), "autorange": "reversed",
                                     "showticklabels": False, "ticks": "", "showline": False,
                                     "scaleanchor": f"x{suffix}", "constrain": "domain"}
-        annotations.append({"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(titles[index]),
-                            "x": (x_domain[0] + x_domain[1]) / 2, "xanchor": "center", "xref": "paper",
-                            "y": y_domain[1], "yanchor": "bottom", "yref": "paper"})
+        annotations.append(_panel_title(titles[index], (x_domain[0] + x_domain[1]) / 2, y_domain[1], paper=True))
     return figure_from_spec({"data": data, "layout": house_layout(
         annotations=annotations, title={"text": title}, height=80 + 220 * rows,
         margin={"l": 4, "r": 60, "t": 70, "b": 4}, **layout)})
@@ -256,16 +266,14 @@ def _mosaic(grids: np.ndarray, titles: Sequence[str], title: str, diverging: boo
         tiles[top:top + gh, left:left + gw] = grids[index]
         names[top:top + gh, left:left + gw] = [[f"{titles[index]}, row {r}, col {c}" for c in range(gw)]
                                               for r in range(gh)]
-        annotations.append({"font": {"size": SUBPLOT_TITLE_SIZE}, "showarrow": False, "text": str(titles[index]),
-                            "x": left + (gw - 1) / 2, "xanchor": "center", "xref": "x", "y": top - 0.5,
-                            "yanchor": "bottom", "yref": "y"})
+        annotations.append(_panel_title(titles[index], left + (gw - 1) / 2, top - 0.5, paper=False))
     zmin, zmax = color_range(grids, diverging)
     hidden = {"visible": False, "constrain": "domain"}
     return figure_from_spec({
         "data": [{"type": "heatmap", "z": tiles, "coloraxis": "coloraxis", "text": names.astype(str),
                   "hovertemplate": "%{text}<br>%{z:.4f}<extra></extra>", "hoverongaps": False}],
         "layout": house_layout(
-            coloraxis={"colorscale": DIVERGING if diverging else SEQUENTIAL, "cmin": zmin, "cmax": zmax,
+            coloraxis={"colorscale": _colorscale(diverging), "cmin": zmin, "cmax": zmax,
                        "colorbar": _colorbar(colorbar_title)},
             xaxis=hidden, yaxis={**hidden, "autorange": "reversed", "scaleanchor": "x"},
             annotations=annotations, title={"text": title}, height=80 + 220 * rows,
@@ -351,7 +359,7 @@ def token_matrix(matrix: np.ndarray, labels: List[str], title: str, diverging: b
             "constrain": "domain", "showline": False, "ticks": "outside"}
     return figure_from_spec({
         "data": [{"type": "heatmap", "z": _floats(cells), "x": centres, "y": centres,
-                  "colorscale": DIVERGING if diverging else SEQUENTIAL, "zmin": zmin, "zmax": zmax,
+                  "colorscale": _colorscale(diverging), "zmin": zmin, "zmax": zmax,
                   "colorbar": _colorbar(colorbar_title), "hovertemplate": hover}],
         "layout": house_layout(
             yaxis={**axis, "autorange": "reversed", "title": {"text": "query token"}, "scaleanchor": "x"},
