@@ -38,7 +38,6 @@ PARTS = ("overlay", "top5", "heads", "matrix", "softmax-vs-effective", "differen
 # step of a 256-colour scale, and its sign is kept. Its range is +-65504: a view with any larger magnitude stays
 # float32 (never clipped). Metrics never read the float16 maps (`view_metrics`).
 HALF_PRECISION_BYTES = 256 * 2**20
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,11 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: O
         raise ValueError(f"precision must be auto, float32 or float16, not {precision!r}")
     x = loaded.info.transform(image)
     picture = np.asarray(loaded.info.view(image).convert("RGB"))
-    captured = run_with_capture(loaded.model, x[None])
+    # A view made only to be drawn takes its float16 maps straight from the capture (no float32 copy of them);
+    # one that keeps metrics needs the float32 maps first.
+    direct_half = precision != "float32" and not metric_settings
+    captured = run_with_capture(loaded.model, x[None], float16_above_bytes=(
+        None if not direct_half else 0 if precision == "float16" else HALF_PRECISION_BYTES))
     meta = captured.meta
     effective = captured.effective[0]
     has_softmax = captured.has_softmax
@@ -185,13 +188,13 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: O
                      patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
                      class_token_index=meta.class_token_index)
     half = precision == "float16" or (precision == "auto" and captured.map_bytes > HALF_PRECISION_BYTES)
-    if half:
+    if half and effective.dtype != np.float16:
         halved = _half_precision(view, box, metric_settings)
         if halved is not None:
             return halved
-    if not has_softmax.all():
-        softmax = np.where(has_softmax[:, None, None, None], softmax, effective).astype(np.float32)
-    return replace(view, softmax=softmax)
+    if not has_softmax.all():  # in place: the capture's own array (a vanilla model, sharing it, has every map)
+        softmax[~has_softmax] = effective[~has_softmax]
+    return view
 
 
 def _half_precision(view: ModelView, box: Optional[Sequence[float]], metric_settings: Sequence[MetricSettings]
@@ -227,7 +230,7 @@ def _to_float16(maps: np.ndarray, fill: Optional[np.ndarray] = None, present: Op
             continue
         with np.errstate(over="ignore"):
             out[layer] = maps[layer]
-        if not np.isfinite(out[layer]).all():  # overflow (|x| > FLOAT16_MAX) gives inf; the capture has no NaN
+        if not np.isfinite(out[layer]).all():  # overflow (|x| > 65504) gives inf; the capture has no NaN
             return None
     return out
 

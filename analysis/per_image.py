@@ -31,6 +31,7 @@ PAIR_SEPARATOR = "|"
 
 
 MAP_KINDS = ("effective", "softmax")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass
@@ -38,8 +39,10 @@ class CapturedBatch:
     """One forward pass of a batch with its attention and block outputs, as numpy.
 
     Attributes:
-        effective: (B, L, H, N, N) float32 maps that multiply V (None when not asked for).
-        softmax: (B, L, H, N, N) float32 softmax maps; NaN for blocks that compute none (None when not asked for).
+        effective: (B, L, H, N, N) float32 maps that multiply V (None when not asked for); float16 when
+            `run_with_capture` was asked for it (``float16_above_bytes``).
+        softmax: (B, L, H, N, N) softmax maps in the same dtype; NaN for blocks that compute none (None when not
+            asked for).
             For a model whose every block multiplies V by its softmax map this is the same (read-only) array
             as ``effective``, so a vanilla ViT's maps are held once.
         logits: (B, num_classes) float32.
@@ -63,7 +66,8 @@ class CapturedBatch:
         return sum(held.values())
 
 
-def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = MAP_KINDS) -> CapturedBatch:
+def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str] = MAP_KINDS,
+                     float16_above_bytes: Optional[int] = None) -> CapturedBatch:
     """Forward a batch with attention capture and block-output recording, without gradients.
 
     The batch runs on the model's device; on a GPU under bf16 autocast (the maps stay float32: capture
@@ -72,10 +76,18 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
     peak is one copy of the maps asked for (stacking them would hold two: 2.5 GB more per kind for one image
     of Refiner-ViT-L at 448 px).
 
+    With ``float16_above_bytes``, maps whose float32 arrays would hold more than that many bytes are returned in
+    float16 instead (for display: `analysis.compare_view.HALF_PRECISION_BYTES`), cast from the captured tensors
+    layer by layer, so no float32 copy of them is ever made; that halves the memory written, which at N = 785 is
+    where a capture spends its time beyond the forward (fresh pages: 2.5 GB of float32 copies took 2-6 s here,
+    about 15-30 s for DINOv2-L at 518 px). Only when every value fits float16's range (`fits_float16`); otherwise
+    they stay float32.
+
     Args:
         model: a ViT supported by `refiner.capture_attention` (every block with the same head count).
         images: (B, C, H, W) preprocessed inputs (any device).
         kinds: which maps to return ("effective", "softmax"); the others are None.
+        float16_above_bytes: return the maps in float16 above this many float32 bytes (default: never).
 
     Returns:
         `CapturedBatch`.
@@ -93,25 +105,45 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
     has_softmax = np.array([rec.softmax[i] is not None for i in layers])
     # A vanilla block's softmax map is its effective map (the capture records one tensor for both): one array.
     same = all(rec.softmax[i] is rec.effective[i] for i in layers)
-    softmax = _release_into_array(rec.softmax, layers, rec.effective) if "softmax" in kinds else None
+    dtype = np.float32
+    if float16_above_bytes is not None:
+        asked = [maps for kind, maps in (("softmax", rec.softmax), ("effective", rec.effective)) if kind in kinds]
+        if same and len(asked) == 2:
+            asked = asked[:1]
+        float32_bytes = len(asked) * len(layers) * rec.effective[layers[0]].numel() * 4
+        if float32_bytes > float16_above_bytes and fits_float16(
+                [maps[i] for maps in asked for i in layers if maps[i] is not None]):
+            dtype = np.float16
+    softmax = _release_into_array(rec.softmax, layers, rec.effective, dtype) if "softmax" in kinds else None
     if "effective" not in kinds:
         effective = None
     elif same and softmax is not None:
         softmax.setflags(write=False)  # shared by both names: an in-place change of one would change the other
         effective = softmax
     else:
-        effective = _release_into_array(rec.effective, layers)
+        effective = _release_into_array(rec.effective, layers, dtype=dtype)
     return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
                          block_outputs=list(outputs), meta=rec.meta, has_softmax=has_softmax)
 
 
+def fits_float16(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every value of ``tensors`` is within float16's range (+-`FLOAT16_MAX`), so a float16 copy is
+    finite (values below float16's smallest subnormal become 0)."""
+    for tensor in tensors:
+        low, high = torch.aminmax(tensor)  # no temporary of the tensor's size
+        if float(high) > FLOAT16_MAX or float(low) < -FLOAT16_MAX:
+            return False
+    return True
+
+
 def _release_into_array(maps: List[Optional[torch.Tensor]], layers: Sequence[int],
-                        shape_from: Optional[List[Optional[torch.Tensor]]] = None) -> np.ndarray:
-    """(B, L, H, Q, N) float32 of the captured ``maps`` at ``layers``, dropping each tensor once copied; a layer
-    without a map (no softmax) is NaN, shaped like ``shape_from`` at that layer."""
+                        shape_from: Optional[List[Optional[torch.Tensor]]] = None, dtype: type = np.float32
+                        ) -> np.ndarray:
+    """(B, L, H, Q, N) ``dtype`` copy of the captured ``maps`` at ``layers``, dropping each tensor once copied; a
+    layer without a map (no softmax) is NaN, shaped like ``shape_from`` at that layer."""
     reference = (shape_from or maps)[layers[0]]
     batch, heads, queries, keys = reference.shape
-    out = np.empty((batch, len(layers), heads, queries, keys), dtype=np.float32)
+    out = np.empty((batch, len(layers), heads, queries, keys), dtype=dtype)
     for column, layer in enumerate(layers):
         tensor = maps[layer]
         if tensor is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -149,6 +152,59 @@ def test_a_large_view_is_half_precision_and_its_store_bytes_are_halved(models, i
     large_bytes = store.stats().bytes - small_bytes
     assert large_bytes == small_bytes - maps_bytes // 2 + metric_bytes  # the maps at half their bytes
     assert not large.effective.flags.writeable and not large.metrics[0].values["similarity"].flags.writeable
+
+
+@pytest.mark.parametrize("name", ["vanilla", "refined", "official"])
+def test_a_view_made_to_be_drawn_casts_the_capture_straight_to_float16(models, image, name) -> None:
+    """The float16 arrays of a view made only to be drawn come from the captured tensors: equal bit for bit to the
+    float32 maps rounded to float16 (the softmax of shared blocks: their effective map)."""
+    exact = capture_view(models[name], image, precision="float32")
+    direct = capture_view(models[name], image, precision="float16")
+    via_float32 = capture_view(models[name], image, precision="float16", metric_settings=[MetricSettings()])
+    for kind in ("softmax", "effective"):
+        assert direct.maps(kind).dtype == np.float16
+        np.testing.assert_array_equal(direct.maps(kind), exact.maps(kind).astype(np.float16))
+        np.testing.assert_array_equal(direct.maps(kind), via_float32.maps(kind))
+    assert np.shares_memory(direct.softmax, direct.effective) == (name == "vanilla")
+    assert direct.metrics == () and not direct.exact
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "official"])
+def test_a_view_made_to_be_drawn_makes_no_float32_copy_of_its_maps(kind) -> None:
+    """The numpy memory a float16 capture allocates stays below one float32 copy of the maps (it holds the float16
+    maps: half of it); before, the float32 copy and then the float16 one were made (1.5 of it)."""
+    torch.manual_seed(0)
+    model = (refiner.create_model("vit_micro_patch4_32", img_size=128) if kind == "vanilla" else
+             refiner_vit_s(img_size=128, patch_size=4, depth=2, embed_dim=32, num_heads=2, num_classes=7))
+    large = loaded(model, kind)  # N = 1025: 8-17 MB of float32 maps, far above the view's other arrays
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    tracemalloc.start()
+    try:
+        view = capture_view(large, picture, precision="float16")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    float32_bytes = 2 * nbytes_of(view)  # the float16 maps (one array for a vanilla model's both kinds), in float32
+    assert view.effective.dtype == np.float16 and float32_bytes > 8 * 2**20
+    assert nbytes_of(view) <= peak < 0.75 * float32_bytes, (peak, float32_bytes)
+
+
+def test_maps_beyond_float16_range_come_out_of_the_capture_in_float32(models, image) -> None:
+    """`run_with_capture` keeps float32 when a value would overflow float16, whatever the size asked for."""
+    from analysis.per_image import fits_float16, run_with_capture
+
+    assert fits_float16([torch.tensor([0.5, -65504.0])]) and not fits_float16([torch.ones(2), torch.tensor([7e4])])
+    refined = copy.deepcopy(models["refined"].model)
+    x = models["refined"].info.transform(image)[None]
+    assert run_with_capture(refined, x, float16_above_bytes=0).effective.dtype == np.float16
+    with torch.no_grad():
+        for module in refined.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(1e6)  # refined maps far beyond +-65504
+    captured = run_with_capture(refined, x, float16_above_bytes=0)
+    assert np.abs(captured.effective).max() > 65504 and captured.effective.dtype == np.float32
+    assert captured.softmax.dtype == np.float32
+    assert run_with_capture(refined, x).effective.dtype == np.float32  # not asked: float32
 
 
 def test_a_map_beyond_float16_range_keeps_float32_rather_than_clipping() -> None:
