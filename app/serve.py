@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,22 @@ def return_freed_buffers() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt: their default is kept
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+# torch's own switch (c10 ``alloc_cpu``): CPU tensors of 2 MB or more on transparent huge pages. A forward at
+# research scale writes gigabytes of fresh tensors (Refiner-ViT-L at 448 px: 2.3 million page faults, 9 GB, per
+# forward), and on this machine a fresh 4 kB page costs about as much as the arithmetic around it: the plain forward
+# took 7.0 s with 4 kB pages and 3.5-4.0 s with huge pages, a float16 view 12-14 s and 9.3-9.5 s. Only for the
+# server, which never trains: a refined training step with many mid-sized temporaries was slower with it (ViT-S/16,
+# batch 8: 4.6 -> 8.3 s, `benchmarks/core_overhead.py`). torch reads it once, at its first allocation.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def enable_huge_pages() -> bool:
+    """Ask torch for huge pages (`HUGE_PAGES_ENV`, unless set already); False when torch was imported before, so
+    too late for this process."""
+    os.environ.setdefault(HUGE_PAGES_ENV, "1")
+    return "torch" not in sys.modules
 
 
 def freeze_startup_objects() -> int:
@@ -108,6 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Warm up, then run Streamlit's CLI with ``argv`` (``run <options>``; the script is app/main.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     start = time.monotonic()
+    enable_huge_pages()
     return_freed_buffers()
     warmed = warm_up()
     from streamlit.web import cli

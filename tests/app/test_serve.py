@@ -1,7 +1,9 @@
-"""The server process returns freed map buffers to the system (app.serve.return_freed_buffers)."""
+"""The server process (app.serve): freed map buffers go back to the system, startup objects leave the cycle
+collector, large tensors lie on huge pages."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +69,54 @@ def test_startup_objects_are_out_of_the_cycle_collector(app_env: Path) -> None:
     before, frozen, after, _seconds = out.stdout.split()
     assert int(before) > 100_000 and int(frozen) >= int(before) * 0.9
     assert int(after) < 1_000
+
+
+HUGE_PAGES_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from app import serve
+if {enable}:
+    assert serve.enable_huge_pages()
+import torch
+tensor = torch.ones(64 * 2**20 // 4)  # 64 MB, written
+start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+huge_kb, inside = 0, False
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if "-" in head and not head.endswith(":"):
+        low, high = (int(part, 16) for part in head.split("-"))
+        inside = low < end and high > start
+    elif inside and head == "AnonHugePages:":
+        huge_kb += int(line.split()[1])
+print(huge_kb)
+"""
+
+
+def huge_page_kb(enable: bool) -> int:
+    out = subprocess.run([sys.executable, "-c", HUGE_PAGES_SCRIPT.format(repo=str(REPO), enable=enable)],
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"})
+    return int(out.stdout.strip())
+
+
+def _huge_pages_on_request() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _huge_pages_on_request(), reason="no transparent huge pages on this kernel")
+def test_the_server_puts_large_tensors_on_huge_pages() -> None:
+    """`app.serve.enable_huge_pages` before torch is imported: a 64 MB tensor lies (mostly) on 2 MB pages; torch's
+    default (without it) asks for none."""
+    assert huge_page_kb(True) >= 32 * 1024
+    assert huge_page_kb(False) == 0 or "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+
+
+def test_huge_pages_come_too_late_once_torch_is_imported(monkeypatch) -> None:
+    from app import serve
+
+    monkeypatch.delenv(serve.HUGE_PAGES_ENV, raising=False)
+    assert "torch" in sys.modules  # the test session has imported it
+    assert serve.enable_huge_pages() is False
