@@ -98,14 +98,25 @@ def get_metrics(source: str, image_key: str, upload: Optional[bytes], canvas: st
                 box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
     """Every metric of one model on one image, from float32 maps (`analysis.compare_view.view_metrics`).
 
-    A float32 view computes them from its maps, a float16 view returns those it kept from its capture; otherwise
-    the model runs again in float32 and the metrics are computed from that capture, not kept, inside the same
-    capture slot and memory reservation as a capture (its float32 maps and the metrics' working arrays are
-    alive together, `METRICS_WORKING_FACTOR`)."""
+    A float32 view computes them from its maps, a float16 view returns those it kept from its capture. A float16
+    view kept without them (captured for the Compare page) is captured again with the default metrics and replaces
+    the kept one, so they are computed once; other settings run the model again in float32 and compute them from
+    that capture, not kept. Either capture runs in the capture slot and memory reservation of a capture, and no
+    reference to the float16 view is held meanwhile: evicted to make room, it must really be freed (1.3 GB at
+    N = 785, which would otherwise be alive outside the budget beside the float32 capture)."""
+    key = (source, image_key, canvas)
     view = get_view(source, image_key, upload, canvas, with_metrics=True)
     if view.exact or kept_metrics(view, settings, box) is not None:
         return view_metrics(view, settings, box, exact_view=_no_capture)
     item = _item(image_key, upload, canvas)
+    if settings == MetricSettings():  # what a with_metrics capture keeps (for the image's own box: the page's)
+        del view
+        map_store().discard(key)
+        view = get_view(source, image_key, upload, canvas, with_metrics=True)
+        kept = kept_metrics(view, settings, box)
+        if kept is not None:
+            return kept
+    del view
     model = get_model(source)
     with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE, \
             map_store().reserving(capture_reserve_bytes(model, True)):

@@ -78,9 +78,14 @@ def table_exports(table: Union[pd.DataFrame, Sequence[Mapping[str, Any]]], name:
                           file_name=f"{name}.json", mime="application/json", key=f"{key}-json", on_click="ignore")
 
 
-def maps_export(arrays: Mapping[str, np.ndarray], name: str, key: str, label: str = "Raw maps (NPZ)") -> None:
-    """A download button for raw arrays as NPZ."""
-    st.download_button(label, data=lambda: npz_bytes(arrays), file_name=f"{name}.npz",
+def maps_export(arrays_of: Callable[[], Mapping[str, np.ndarray]], name: str, key: str,
+                label: str = "Raw maps (NPZ)") -> None:
+    """A download button for raw arrays as NPZ, fetched by ``arrays_of()`` when clicked.
+
+    The session keeps the button's callable until its next run, so it must not hold a view's maps: they would stay
+    alive after the map store dropped them, outside its budget (``arrays_of`` asks the store again).
+    """
+    st.download_button(label, data=lambda: npz_bytes(arrays_of()), file_name=f"{name}.npz",
                        mime="application/octet-stream", key=f"{key}-npz", on_click="ignore")
 
 
@@ -88,7 +93,9 @@ def bundle_export(make: Callable[[Sequence[str]], bytes], name: str, key: str) -
     """One button for the ZIP bundle of the current view, with the figure formats to put in it.
 
     Args:
-        make: builds the bundle for the chosen figure formats (`app.bundle.build_bundle` bound to the view).
+        make: builds the bundle for the chosen figure formats (`app.bundle.build_bundle` bound to the view); kept
+            by the session until its next run, so it fetches the views when called rather than holding them
+            (see `maps_export`).
         name: file name without extension.
         key: widget key prefix.
     """

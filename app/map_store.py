@@ -129,6 +129,15 @@ class MapStore(Generic[V]):
             self._put(key, value)
             return value
 
+    def discard(self, key: Hashable) -> bool:
+        """Drop ``key``'s view if it is kept (True), so that the next `get` computes it again."""
+        with self._lock:
+            if key not in self._items:
+                return False
+            del self._items[key]
+            self._bytes -= self._sizes.pop(key)
+            return True
+
     @contextmanager
     def reserving(self, nbytes: int) -> Iterator[None]:
         """Hold ``nbytes`` of the budget while the block runs (a computation's working memory): least recently

@@ -222,12 +222,14 @@ def render_sidebar(with_metrics: bool = False) -> Context:
             st.session_state["head"] = "mean"
         head = sidebar.selectbox("Head", head_options, key="head",
                                  format_func=lambda h: f"{h} over heads" if h in ("mean", "max") else f"head {h}")
-        tokens = view_a.num_prefix_tokens + view_a.grid[0] * view_a.grid[1]
+        # The format function is kept by the session with the widget: it must hold these small values, not the
+        # view (whose maps would then stay alive after the map store dropped them, outside its budget).
+        prefix, grid, cls = view_a.num_prefix_tokens, view_a.grid, view_a.class_token_index
+        tokens = prefix + grid[0] * grid[1]
         _seed("q", "q", params, last, lambda t: parse_int(t, 0, 0, tokens - 1), 0)
         st.session_state["q"] = min(max(int(st.session_state["q"]), 0), tokens - 1)
         query = sidebar.selectbox("Query token (or click a patch)", list(range(tokens)), key="q",
-                                  format_func=lambda t: token_label(t, view_a.num_prefix_tokens, view_a.grid,
-                                                                    view_a.class_token_index))
+                                  format_func=lambda t: token_label(t, prefix, grid, cls))
     state = st.session_state
     selection = Selection(a=state["a"], b=state["b"], img=img, layer=int(layer), head=str(head), q=int(query),
                           kind=str(state["kind"]), tab=str(state["compare-tab"]), opacity=float(state["opacity"]),

@@ -7,7 +7,7 @@ Metrics are computed from the cached captures of `app.cached.get_view` (no model
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import streamlit as st
@@ -61,11 +61,12 @@ def render(ctx: Context) -> None:
         return
     settings = _settings()
     canvas = canvas_key(ctx.models[0].data)
-    views = ctx.views()
     results: Dict[str, Dict[str, np.ndarray]] = {}
     for slot, model in enumerate(ctx.models):
         label = f"{'AB'[slot]}: {model.label}"
         results[label] = _metrics(model.source, ctx.selection.img, ctx.upload, canvas, settings, ctx.item.box)
+    # Only now: metrics may capture again, and a view held here meanwhile would be alive outside the map budget.
+    views = ctx.views()
     available = list(next(iter(results.values())))
     bundle_slot = st.container()  # filled last, once every figure exists
     contents = ViewContents(settings={"page": "analysis", **settings.to_dict()})
@@ -109,10 +110,17 @@ def render(ctx: Context) -> None:
         table_exports(scalars, "localisation", key="an-scalars")
         contents.tables["localisation"] = table_rows(scalars)
     for slot, (label, metrics) in enumerate(results.items()):
-        maps_export(metrics, f"metrics-{'ab'[slot]}", key=f"an-raw-{slot}", label=f"{label}: all metrics (NPZ)")
+        maps_export(functools.partial(dict, metrics), f"metrics-{'ab'[slot]}", key=f"an-raw-{slot}",
+                    label=f"{label}: all metrics (NPZ)")
     st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.to_dict().items()) +
                f". Metric definitions: {len(METRICS)} keys, DESIGN section 5.")
     with bundle_slot:
-        bundle_export(functools.partial(build_bundle, contents, ctx.models, views, ctx.item,
-                                        extra={"url_query": ctx.selection.to_url()}),
+        bundle_export(functools.partial(_bundle, ctx, contents),
                       f"refiner-analysis-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="an-bundle")
+
+
+def _bundle(ctx: Context, contents: ViewContents, formats: Sequence[str]) -> bytes:
+    """The page's ZIP bundle, built when the button is clicked, with the views in the map store then (the session
+    keeps this callable: it must not hold them, see `app.exports.maps_export`)."""
+    return build_bundle(contents, ctx.models, ctx.views(), ctx.item, formats,
+                        extra={"url_query": ctx.selection.to_url()})

@@ -9,8 +9,9 @@ running a model, and only the open tab's figures are built and sent to the brows
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import streamlit as st
 
 from analysis.compare_view import (CompareSettings, ModelView, compare_figures, compare_tables, figure_stem,
@@ -74,8 +75,10 @@ def _view_settings(ctx: Context, views: Sequence[ModelView], opacity: float, kin
                            map_kind=kind, opacity=opacity, shared_scale=shared)
 
 
-def _bundle(ctx: Context, views: Sequence[ModelView], settings: CompareSettings, formats: Sequence[str]) -> bytes:
-    """The view's ZIP bundle: every part's figures and tables, built only when the button is clicked."""
+def _bundle(ctx: Context, settings: CompareSettings, formats: Sequence[str]) -> bytes:
+    """The view's ZIP bundle: every part's figures and tables, built only when the button is clicked (from the
+    views in the map store then: see `app.exports.maps_export`)."""
+    views = ctx.views()
     labels = bundle_labels(ctx.models)
     names = [m.info.class_names for m in ctx.models]
     contents = ViewContents(
@@ -98,7 +101,7 @@ def render(ctx: Context) -> None:
                "on either image to make it the query; CLS is token 0 in the sidebar.")
     with st.expander("How to read this page"):
         st.markdown(LEGEND)
-    bundle_export(functools.partial(_bundle, ctx, views, settings),
+    bundle_export(functools.partial(_bundle, ctx, settings),
                   f"refiner-view-{ctx.models[0].label}-vs-{ctx.models[1].label}", key="bundle")
 
     labels = bundle_labels(ctx.models)
@@ -174,11 +177,13 @@ def _draw_tab(label: str, ctx: Context, views: Sequence[ModelView], figs: dict, 
         figure_exports(figs[stem], stem, key="exp-difference")
     elif label == "Raw maps":
         st.write("Every block's softmax and effective maps of both models on this image, (L, H, N, N) each.")
-        for slot, (model, view) in enumerate(zip(ctx.models, views)):
-            maps_export({"softmax": view.softmax, "effective": view.effective, "has_softmax": view.has_softmax,
-                         "refined": view.refined, "probs": view.probs, "input": view.input_tensor,
-                         "picture": view.picture},
-                        f"maps-{'ab'[slot]}-{model.label}", key=f"raw-{slot}",
+        for slot, model in enumerate(ctx.models):
+            maps_export(functools.partial(_raw_maps, ctx, slot), f"maps-{'ab'[slot]}-{model.label}", key=f"raw-{slot}",
                         label=f"{'AB'[slot]}: {model.label} (NPZ)")
 
 
+def _raw_maps(ctx: Context, slot: int) -> Dict[str, np.ndarray]:
+    """The arrays of the raw-maps NPZ of model ``slot``, from its view in the map store when the button is clicked."""
+    view = ctx.views()[slot]
+    return {"softmax": view.softmax, "effective": view.effective, "has_softmax": view.has_softmax,
+            "refined": view.refined, "probs": view.probs, "input": view.input_tensor, "picture": view.picture}

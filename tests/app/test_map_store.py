@@ -158,3 +158,16 @@ def test_a_capture_reserves_its_working_memory_from_the_geometry_then_from_what_
     cached._remember_map_bytes("reserve-test", capture_view(loaded, Image.new("RGB", (32, 32))))
     assert cached.capture_reserve_bytes(loaded, False) == int(2.0 * one_kind)        # a vanilla model: one array
     cached._MAP_BYTES.pop("reserve-test", None)
+
+
+def test_discard_drops_one_view_and_its_bytes() -> None:
+    store: MapStore[View] = MapStore(10 * 2**20)
+    one, two = view(1), view(2)
+    store.get("a", lambda: one)
+    store.get("b", lambda: two)
+    assert store.discard("a") and not store.discard("a") and not store.discard("never")
+    stats = store.stats()
+    assert stats.entries == 1 and stats.bytes == nbytes_of(two) and stats.evictions == 0
+    calls = []
+    store.get("a", lambda: calls.append(1) or view(1))  # computed again
+    assert calls == [1] and store.stats().bytes == nbytes_of(one) + nbytes_of(two)
