@@ -9,7 +9,8 @@ nothing is downloaded), the same model in both slots. One fresh server per model
 its memory is its own. Per model:
 
 - ``forward_s``: the model's own plain forward on one image, measured in this process before the server starts
-  (median of ``--forwards``; same threads as the server: all cores); ``load_s``: building the model here.
+  (median of ``--forwards``; same threads and huge pages as the server, `app.serve.enable_huge_pages`);
+  ``load_s``: building the model here.
 - ``first_view_s``: a new image's Compare page until every chart is drawn (`tests.e2e.browser_app.settle`), the
   model already loaded on the server; ``first_view_minus_forward_s`` subtracts ``forward_s``: what the app adds
   to the model's own forward (capture, metrics kept with a float16 view, figures, the browser's drawing).
@@ -51,6 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.e2e.browser_app import CHROMIUM, CHROMIUM_ARGS, running_app, settle  # noqa: E402
+from app.serve import enable_huge_pages  # noqa: E402
+
+# The model's own forward is timed here under the server's allocator settings (huge pages), before torch loads.
+enable_huge_pages()
 
 RESULTS = REPO / "benchmarks" / "results"
 RESEARCH_MODELS = ["random:vit_base_patch16_224", "random:refiner_vit_l?img_size=448",
