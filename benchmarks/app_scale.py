@@ -277,8 +277,15 @@ def other_settings(page: Any) -> float:
     select = page.locator("[data-testid=stMain] [data-testid=stSelectbox]", has_text="Normalise rows").first
     select.wait_for(state="visible", timeout=60_000)
     start = time.perf_counter()
-    select.click()
-    page.get_by_role("option").filter(has_text=re.compile(r"^\s*none\s*$")).first.click()
+    for attempt in range(3):  # the open list can be redrawn under the pointer (a late rerender): open it again
+        try:
+            select.click()
+            page.get_by_role("option").filter(has_text=re.compile(r"^\s*none\s*$")).first.click(timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; the third failure is raised
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
     # No URL parameter for this option: wait for the run to start (a stale element), then for the page to settle.
     try:
         page.wait_for_function("document.querySelector('[data-stale=true]') || document.querySelector("
