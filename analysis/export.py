@@ -112,6 +112,8 @@ def figure_json(fig: go.Figure) -> bytes:
     return (json.dumps(json.loads(fig.to_json()), sort_keys=True) + "\n").encode("utf-8")
 
 
+STATIC_RENDER_ATTEMPTS = 3  # kaleido renders of the still missing static files (see write_figures)
+
 def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats: Sequence[str] = ("png", "svg",
                   "pdf", "html"), scale: float = 2.0, shared_plotlyjs: bool = False) -> List[Path]:
     """Write every figure in every format, static images in one kaleido browser session.
@@ -162,9 +164,10 @@ def write_figures(figures: Mapping[str, go.Figure], directory: PathLike, formats
             raise ExportError(NO_BROWSER_MESSAGE)
         paths = [directory / f"{stem}.{fmt}" for stem, _fig, fmt in static]
         pending = list(range(len(static)))
-        # kaleido has been seen to return without error yet without one of the files on a heavily loaded machine:
-        # what is missing is rendered once more, and still missing is an error, never a silently absent file.
-        for _attempt in range(2):
+        # kaleido has been seen to return without error yet without one of the files on a heavily loaded machine
+        # (twice in a row in one CI run here): what is missing is rendered again, up to `STATIC_RENDER_ATTEMPTS`
+        # in all, and still missing is an error, never a silently absent file.
+        for _attempt in range(STATIC_RENDER_ATTEMPTS):
             _render_static(pio, [static[i] for i in pending], [paths[i] for i in pending], scale)
             pending = [i for i in pending if not (paths[i].is_file() and paths[i].stat().st_size > 0)]
             if not pending:
