@@ -187,8 +187,10 @@ def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: O
                      num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
                      patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
                      class_token_index=meta.class_token_index)
-    half = precision == "float16" or (precision == "auto" and captured.map_bytes > HALF_PRECISION_BYTES)
-    if half and effective.dtype != np.float16:
+    # A view made only to be drawn was decided by the capture (float32 back: small, or beyond float16's range); one
+    # with metrics is float32 here and the same rule applies after its metrics.
+    if metric_settings and (precision == "float16" or
+                            (precision == "auto" and captured.map_bytes > HALF_PRECISION_BYTES)):
         halved = _half_precision(view, box, metric_settings)
         if halved is not None:
             return halved
