@@ -160,7 +160,7 @@ def _compute(maps: np.ndarray, num_prefix_tokens: int, grid: Tuple[int, int], pa
         values["gram"], values["head_cosine"] = layer_head_products(rows, work)
         values.update(head_js=layer_js(rows, entropy, work),
                       # Negative mass is a property of the raw map, before any normalisation.
-                      negative_fraction=negative_mass_fraction(maps[layer]))
+                      negative_fraction=negative_mass_fraction(maps[layer], work.array("raw", maps.shape[1:], maps.dtype)))
         return values
 
     per_layer = map_normalised_layers(one_layer, maps, settings.normalize)

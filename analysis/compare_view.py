@@ -2,14 +2,15 @@
 
 `ModelView` holds one model's captured maps on one image (`capture_view` makes it, for the app and the tests; a view
 bundle stores it in ``maps/maps.npz``, see `ModelView.from_arrays`). A large view holds its maps in float16 for
-display only; its metrics come from the float32 maps of the capture (`ViewMetrics`, `view_metrics`). `compare_figures` and `compare_tables`
+display only; its metrics come from a float32 capture of their own (`capture_metrics`, `view_metrics`). `compare_figures` and
+`compare_tables`
 build what the Compare page shows for a `CompareSettings`; the page draws them and ``refiner analyze
 --manifest bundle.zip`` re-makes them from the bundle, so both write the same files (DESIGN section 6).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -41,22 +42,43 @@ HALF_PRECISION_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
-class ViewMetrics:
-    """The section 5 metrics of one view for one choice of settings, computed from the float32 maps.
+class ViewGeometry:
+    """What the sidebar's layer, head and query pickers need of a model's view, known without running it.
 
     Attributes:
-        settings: the metric settings they were computed with.
-        box: the object box (x0, y0, x1, y1) in input pixels as floats, or None.
-        values: `analysis.attention_metrics.METRICS` key -> array (`compute_map_metrics`).
+        depth: blocks L of the view (self-attention layers; CaiT's class-attention layers are not in a view).
+        num_heads: heads per block H.
+        num_prefix_tokens: K.
+        grid: (Gh, Gw) at the model's input size.
+        class_token_index: the CLS token's index, or None.
     """
 
-    settings: MetricSettings
-    box: Optional[Tuple[float, ...]]
-    values: Mapping[str, np.ndarray]
+    depth: int
+    num_heads: int
+    num_prefix_tokens: int
+    grid: Tuple[int, int]
+    class_token_index: Optional[int]
+
+    @property
+    def num_tokens(self) -> int:
+        """N = K + Gh * Gw."""
+        return self.num_prefix_tokens + self.grid[0] * self.grid[1]
 
 
-def _box_key(box: Optional[Sequence[float]]) -> Optional[Tuple[float, ...]]:
-    return None if box is None else tuple(float(v) for v in box)
+def model_geometry(loaded: "refiner.LoadedModel") -> ViewGeometry:
+    """The `ViewGeometry` every view of ``loaded`` has (equal to `ModelView.geometry`), from the model's layers and
+    token layout, so a page that draws no map (Analysis, Dataset, Models) never captures one to learn it."""
+    from refiner.capture_adapters import attention_layers, layer_num_heads
+    from refiner.model_geometry import grid_for_image, token_layout
+
+    layers, class_layers = attention_layers(loaded.model)
+    own = [attn for index, attn in enumerate(layers) if index not in set(class_layers)]
+    layout = token_layout(loaded.model)
+    _, height, width = loaded.info.input_size
+    return ViewGeometry(depth=len(own), num_heads=min(layer_num_heads(attn) for attn in own),
+                        num_prefix_tokens=int(layout.num_prefix_tokens),
+                        grid=tuple(int(g) for g in grid_for_image(loaded.model, height, width)),
+                        class_token_index=layout.class_token_index)
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,6 @@ class ModelView:
         picture: (H, W, 3) uint8, the image exactly as the model saw it (before normalisation).
         input_tensor: (C, H, W) float32, the normalised model input (for exports and the manifest).
         class_token_index: the CLS token's index, or None for a model without one (registers + pooling).
-        metrics: metric tables computed from the float32 maps at capture, for a float16 view (`view_metrics`);
-            empty for a float32 view, whose metrics are computed from its own maps.
     """
 
     probs: np.ndarray
@@ -92,7 +112,6 @@ class ModelView:
     picture: np.ndarray
     input_tensor: np.ndarray
     class_token_index: Optional[int] = 0
-    metrics: Tuple[ViewMetrics, ...] = ()
 
     @property
     def exact(self) -> bool:
@@ -108,6 +127,12 @@ class ModelView:
     def num_heads(self) -> int:
         """Heads per block H."""
         return int(self.effective.shape[1])
+
+    @property
+    def geometry(self) -> ViewGeometry:
+        """Depth, heads and token layout (`model_geometry` gives the same without a capture)."""
+        return ViewGeometry(depth=self.depth, num_heads=self.num_heads, num_prefix_tokens=self.num_prefix_tokens,
+                            grid=tuple(self.grid), class_token_index=self.class_token_index)
 
     def maps(self, kind: str) -> np.ndarray:
         """(L, H, N, N) maps of ``kind`` "softmax" or "effective"."""
@@ -141,147 +166,98 @@ class ModelView:
                    class_token_index=cls_index if cls_index >= 0 else None)
 
 
-def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", box: Optional[Sequence[float]] = None,
-                 precision: str = "auto", metric_settings: Sequence[MetricSettings] = ()) -> ModelView:
+def model_picture(loaded: "refiner.LoadedModel", image: "PIL.Image.Image") -> np.ndarray:
+    """(H, W, 3) uint8: ``image`` exactly as the model sees it (its own resize and crop, before normalisation)."""
+    return np.asarray(loaded.info.view(image).convert("RGB"))
+
+
+def capture_view(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", precision: str = "auto") -> ModelView:
     """One model on one picture: a forward pass with capture (`analysis.per_image.run_with_capture`, the one
-    capture path of the app and the CLI), as a `ModelView`.
+    capture path of the app and the CLI), as a `ModelView`, the maps that are drawn.
 
     The model's own transform makes the input (timm's eval transform or the checkpoint's recorded one; images
     smaller than the input are enlarged). A vanilla model's softmax and effective maps are one read-only array;
     a block without its own softmax map (official shared blocks) shows its effective map, ``has_softmax`` False.
 
-    A float16 view (``precision`` "float16", or "auto" above `HALF_PRECISION_BYTES`) first computes the metrics
-    of every ``metric_settings`` (with ``box``) from the float32 maps and keeps them (`ViewMetrics`); then the
-    maps are cast layer by layer. A float32 view keeps no metrics (they come from its maps). At N = 785 the
-    metrics cost several times the forward, so a view made only to be drawn asks for none (`view_metrics`
-    captures again in float32 when they are wanted later).
+    A float16 view (``precision`` "float16", or "auto" above `HALF_PRECISION_BYTES`) takes its maps straight from
+    the capture's tensors, cast layer by layer (no float32 copy of them is made), when every value fits float16's
+    range; otherwise it stays float32. Its metrics come from a float32 capture of their own (`capture_metrics`).
 
     Args:
         loaded: the model.
         image: the picture.
-        box: the object box (x0, y0, x1, y1) in input pixels for the localisation metrics, or None.
         precision: "auto", "float32" or "float16" (display maps; "float16" falls back to float32 when a map
             does not fit float16's range).
-        metric_settings: the metric settings computed at capture for a float16 view (default: none).
     """
     from .per_image import run_with_capture
 
     if precision not in ("auto", "float32", "float16"):
         raise ValueError(f"precision must be auto, float32 or float16, not {precision!r}")
     x = loaded.info.transform(image)
-    picture = np.asarray(loaded.info.view(image).convert("RGB"))
-    # A view made only to be drawn takes its float16 maps straight from the capture (no float32 copy of them);
-    # one that keeps metrics needs the float32 maps first.
-    direct_half = precision != "float32" and not metric_settings
     captured = run_with_capture(loaded.model, x[None], float16_above_bytes=(
-        None if not direct_half else 0 if precision == "float16" else HALF_PRECISION_BYTES))
+        None if precision == "float32" else 0 if precision == "float16" else HALF_PRECISION_BYTES))
     meta = captured.meta
     effective = captured.effective[0]
     has_softmax = captured.has_softmax
     # One object for both names when the capture has one array for both (a vanilla model).
     softmax = effective if captured.softmax is captured.effective else captured.softmax[0]
-    logits = captured.logits[0].astype(np.float64)
-    probs = np.exp(logits - logits.max())
-    view = ModelView(probs=(probs / probs.sum()).astype(np.float32), softmax=softmax, effective=effective,
-                     has_softmax=has_softmax, refined=np.array(meta.refined),
-                     num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
-                     patch_size=tuple(meta.patch_size), picture=picture, input_tensor=x.numpy(),
-                     class_token_index=meta.class_token_index)
-    # A view made only to be drawn was decided by the capture (float32 back: small, or beyond float16's range); one
-    # with metrics is float32 here and the same rule applies after its metrics.
-    if metric_settings and (precision == "float16" or
-                            (precision == "auto" and captured.map_bytes > HALF_PRECISION_BYTES)):
-        halved = _half_precision(view, box, metric_settings)
-        if halved is not None:
-            return halved
     if not has_softmax.all():  # in place: the capture's own array (a vanilla model, sharing it, has every map)
         softmax[~has_softmax] = effective[~has_softmax]
-    return view
+    logits = captured.logits[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    return ModelView(probs=(probs / probs.sum()).astype(np.float32), softmax=softmax, effective=effective,
+                     has_softmax=has_softmax, refined=np.array(meta.refined),
+                     num_prefix_tokens=int(meta.num_prefix_tokens), grid=tuple(meta.grid_size),
+                     patch_size=tuple(meta.patch_size), picture=model_picture(loaded, image), input_tensor=x.numpy(),
+                     class_token_index=meta.class_token_index)
 
 
-def _half_precision(view: ModelView, box: Optional[Sequence[float]], metric_settings: Sequence[MetricSettings]
-                    ) -> Optional[ModelView]:
-    """``view`` (float32 maps straight from the capture; softmax NaN where a block has none) with float16 maps and
-    its metrics for ``metric_settings`` computed first from the float32 maps; None when a map has a magnitude
-    beyond float16's range (the caller keeps float32: display values are never clipped)."""
-    # Own copies: some metrics are views of larger working arrays (cls_entropy of an (L, H, N) entropy table),
-    # which a kept view would otherwise hold on to.
-    metrics = tuple(ViewMetrics(settings, _box_key(box),
-                                {k: np.array(v, copy=True) for k, v in _map_metrics(view, settings, box).items()})
-                    for settings in metric_settings)
-    effective = _to_float16(view.effective)
-    if effective is None:
-        return None
-    if view.softmax is view.effective:  # a vanilla model: one array for both names, as in float32
-        softmax: Optional[np.ndarray] = effective
-    else:
-        softmax = _to_float16(view.softmax, fill=effective, present=view.has_softmax)
-        if softmax is None:
-            return None
-    return replace(view, softmax=softmax, effective=effective, metrics=metrics)
+def capture_metrics(loaded: "refiner.LoadedModel", image: "PIL.Image.Image", settings: MetricSettings,
+                    box: Optional[Sequence[float]] = None) -> Dict[str, np.ndarray]:
+    """Every section 5 metric of one model on one picture, from a float32 capture made for them and not kept.
 
+    The metrics of a float16 view (`view_metrics`). The capture keeps only the maps of ``settings.map_kind``, as
+    the tensors it recorded (`analysis.per_image.capture_layer_maps`: no stacked copy), so its memory is one
+    kind's float32 maps and the forward's; the values equal those of a float32 `capture_view`'s maps exactly.
 
-def _to_float16(maps: np.ndarray, fill: Optional[np.ndarray] = None, present: Optional[np.ndarray] = None
-                ) -> Optional[np.ndarray]:
-    """(L, H, N, N) float16 copy of float32 ``maps``, one layer at a time (no second float32 copy); layers not
-    ``present`` are taken from ``fill`` (already float16). None when a value overflows float16."""
-    out = np.empty(maps.shape, dtype=np.float16)
-    for layer in range(maps.shape[0]):
-        if present is not None and not present[layer]:
-            out[layer] = fill[layer]
-            continue
-        with np.errstate(over="ignore"):
-            out[layer] = maps[layer]
-        if not np.isfinite(out[layer]).all():  # overflow (|x| > 65504) gives inf; the capture has no NaN
-            return None
-    return out
+    Args:
+        loaded: the model.
+        image: the picture.
+        settings: metric settings.
+        box: the object box (x0, y0, x1, y1) in input pixels for the localisation metrics, or None.
+    """
+    from .per_image import capture_layer_maps
+
+    captured = capture_layer_maps(loaded.model, loaded.info.transform(image), settings.map_kind)
+    meta = captured.meta
+    return compute_map_metrics(captured.maps, meta.num_prefix_tokens, meta.grid_size, meta.patch_size, settings,
+                               None if box is None else tuple(box), class_token_index=meta.class_token_index)
 
 
 def _map_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
-    """`compute_map_metrics` of a float32 view's maps of ``settings.map_kind``."""
-    maps = view.maps(settings.map_kind)
-    if settings.map_kind == "softmax" and not view.has_softmax.all():
-        # The view's own rule for blocks without a softmax map (their effective map), also for a view straight
-        # from the capture (NaN there) that `capture_view` has not substituted yet.
-        maps = np.where(view.has_softmax[:, None, None, None], maps, view.effective)
-    return compute_map_metrics(maps, view.num_prefix_tokens, view.grid, view.patch_size, settings,
-                               None if box is None else tuple(box), class_token_index=view.class_token_index)
-
-
-def kept_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]]
-                 ) -> Optional[Dict[str, np.ndarray]]:
-    """The metrics a view computed at capture for these settings and box (`ViewMetrics`), or None."""
-    wanted = _box_key(box)
-    for kept in view.metrics:
-        if kept.settings == settings and kept.box == wanted:
-            return dict(kept.values)
-    return None
+    """`compute_map_metrics` of a float32 view's maps of ``settings.map_kind`` (a block without its own softmax map
+    holds its effective map in ``softmax``: `capture_view`)."""
+    return compute_map_metrics(view.maps(settings.map_kind), view.num_prefix_tokens, view.grid, view.patch_size,
+                               settings, None if box is None else tuple(box), class_token_index=view.class_token_index)
 
 
 def view_metrics(view: ModelView, settings: MetricSettings, box: Optional[Sequence[float]],
-                 exact_view: Callable[[], ModelView]) -> Dict[str, np.ndarray]:
+                 exact_metrics: Callable[[], Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """Every section 5 metric of a view, always from float32 maps.
 
-    A float32 view computes them from its maps; a float16 view returns those computed at capture when the
-    settings and box match, else calls ``exact_view()`` (a float32 capture of the same model and image, e.g.
-    ``capture_view(..., precision="float32")``) and computes them from it. Never from float16 maps.
+    A float32 view computes them from its maps; a float16 view calls ``exact_metrics()`` (a float32 capture of the
+    same model and image, e.g. ``capture_metrics(loaded, image, settings, box)``). Never from float16 maps.
 
     Args:
         view: the (possibly float16) view.
         settings: metric settings.
         box: object box in input pixels, or None.
-        exact_view: makes the float32 view when needed.
+        exact_metrics: computes them from a float32 capture when the view is float16.
 
     Returns:
         `analysis.attention_metrics.METRICS` key -> array.
     """
-    kept = kept_metrics(view, settings, box)
-    if kept is not None:
-        return kept
-    source = view if view.exact else exact_view()
-    if not source.exact:
-        raise ValueError("exact_view() returned a float16 view; metrics need the float32 maps")
-    return _map_metrics(source, settings, box)
+    return _map_metrics(view, settings, box) if view.exact else exact_metrics()
 
 
 def head_matrix(view: ModelView, layer: int, head: HeadChoice, kind: str = "effective") -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Callable, List, Literal, Optional, Tuple, TypeVar
 import numpy as np
 
 from .blas_threads import Workspace, map_in_threads
+from .layer_maps import LayerMaps
 
 T = TypeVar("T")
 
@@ -32,11 +33,14 @@ def as_float_array(maps: np.ndarray) -> np.ndarray:
     """Return ``maps`` as a float32/float64 array without copying when it already is one.
 
     Args:
-        maps: any array-like (a torch tensor on CPU also works through ``np.asarray``).
+        maps: any array-like (a torch tensor on CPU also works through ``np.asarray``), or `LayerMaps`, returned
+            as it is (its layers are float32 or float64 already, and stacking them is what it exists to avoid).
 
     Returns:
         The same data as float64 if it was float64, else float32.
     """
+    if isinstance(maps, LayerMaps):
+        return maps
     array = np.asarray(maps)
     if array.dtype in (np.float32, np.float64):
         return array

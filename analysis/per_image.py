@@ -25,6 +25,7 @@ from .attention_metrics import MetricSettings, compute_map_metrics
 from .cka import cka_matrix
 from .features import pool_block_outputs, record_block_outputs
 from .head_diversity import HeadEmbedding, head_embedding
+from .layer_maps import LayerMaps
 from .similarity import cross_layer_similarity
 
 PAIR_SEPARATOR = "|"
@@ -95,13 +96,7 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
     unknown = set(kinds) - set(MAP_KINDS)
     if unknown:
         raise ValueError(f"kinds must be among {MAP_KINDS}, got {sorted(unknown)}")
-    device = next(model.parameters()).device
-    images = images.to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with torch.no_grad(), autocast, record_block_outputs(model) as outputs, refiner.capture_attention(model) as rec:
-        logits = model(images)
-    skip = set(rec.meta.class_attention_layers)  # CaiT's CLS-only layers have another shape (see `stacked`)
-    layers = [i for i, m in enumerate(rec.effective) if m is not None and i not in skip]
+    rec, logits, outputs, layers = _captured_forward(model, images, block_outputs=True)
     has_softmax = np.array([rec.softmax[i] is not None for i in layers])
     # A vanilla block's softmax map is its effective map (the capture records one tensor for both): one array.
     same = all(rec.softmax[i] is rec.effective[i] for i in layers)
@@ -124,6 +119,67 @@ def run_with_capture(model: nn.Module, images: torch.Tensor, kinds: Sequence[str
         effective = _release_into_array(rec.effective, layers, dtype=dtype)
     return CapturedBatch(effective=effective, softmax=softmax, logits=logits.float().cpu().numpy(),
                          block_outputs=list(outputs), meta=rec.meta, has_softmax=has_softmax)
+
+
+def _captured_forward(model: nn.Module, images: torch.Tensor, block_outputs: bool
+                      ) -> Tuple["refiner.AttentionCapture", torch.Tensor, List[torch.Tensor], List[int]]:
+    """The one forward under capture: (the capture, logits, block outputs (empty unless asked for), the indices of
+    the self-attention layers whose maps are returned). On the model's device; on a GPU under bf16 autocast."""
+    device = next(model.parameters()).device
+    images = images.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    outputs_context = record_block_outputs(model) if block_outputs else nullcontext([])
+    with torch.no_grad(), autocast, outputs_context as outputs, refiner.capture_attention(model) as rec:
+        logits = model(images)
+    skip = set(rec.meta.class_attention_layers)  # CaiT's CLS-only layers have another shape (see `stacked`)
+    layers = [i for i, m in enumerate(rec.effective) if m is not None and i not in skip]
+    return rec, logits, list(outputs), layers
+
+
+@dataclass
+class LayerCapture:
+    """One image's maps of one kind as the capture recorded them, for the metrics (`capture_layer_maps`).
+
+    Attributes:
+        maps: (L, H, N, N) float32 `LayerMaps`: each layer is the captured tensor's own memory (on the CPU).
+        meta: geometry of the pass.
+        logits: (num_classes,) float32.
+        has_softmax: (L,) whether each block computes its own softmax map.
+    """
+
+    maps: LayerMaps
+    meta: refiner.AttentionMeta
+    logits: np.ndarray
+    has_softmax: np.ndarray
+
+
+def capture_layer_maps(model: nn.Module, image: torch.Tensor, kind: str = "effective") -> LayerCapture:
+    """One image's float32 maps of ``kind``, layer by layer as captured: what the metrics of a large model read.
+
+    `run_with_capture` copies every layer into one stacked array; the metrics read the layers one at a time, so
+    here they keep the captured tensors (`LayerMaps`). That writes no map a second time, which at research scale
+    is most of a capture's cost beyond the forward (Refiner-ViT-L at 448 px: 1.3 GB per kind of fresh memory, as
+    long as the forward itself on this machine). The other kind is released as soon as the forward ends and no
+    block outputs are recorded. For ``kind`` "softmax", a block without its own softmax map (official shared
+    blocks) gives its effective map, the rule of the Compare view (`analysis.compare_view.ModelView`).
+
+    Args:
+        model: a ViT supported by `refiner.capture_attention`, in eval mode.
+        image: (C, H, W) preprocessed input (any device).
+        kind: "effective" or "softmax".
+
+    Returns:
+        `LayerCapture`.
+    """
+    if kind not in MAP_KINDS:
+        raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
+    rec, logits, _, layers = _captured_forward(model, image.unsqueeze(0), block_outputs=False)
+    has_softmax = np.array([rec.softmax[i] is not None for i in layers])
+    chosen = [rec.softmax[i] if kind == "softmax" and rec.softmax[i] is not None else rec.effective[i]
+              for i in layers]
+    rec.softmax[:], rec.effective[:] = [None] * len(rec.softmax), [None] * len(rec.effective)  # the other kind goes
+    maps = LayerMaps([tensor[0].detach().float().cpu().numpy() for tensor in chosen])
+    return LayerCapture(maps=maps, meta=rec.meta, logits=logits[0].float().cpu().numpy(), has_softmax=has_softmax)
 
 
 def fits_float16(tensors: Sequence[torch.Tensor]) -> bool:

@@ -15,8 +15,8 @@ import numpy as np
 import streamlit as st
 
 from analysis.attention_metrics import MetricSettings
-from analysis.compare_view import ModelView, capture_view, kept_metrics, view_metrics
-from refiner.capture_adapters import attention_layers
+from analysis.compare_view import ModelView, capture_metrics, capture_view, view_metrics
+from refiner.capture_adapters import attention_layers, layer_num_heads
 
 from .images import ImageItem, sample_item, upload_item
 from .map_store import MapStore, budget_from_env
@@ -28,13 +28,13 @@ from .sources import LoadedModel, load_source
 # cores anyway, so running them one after the other costs no throughput; a session whose view is kept never waits.
 _CAPTURE = threading.Lock()
 # What a capture holds at its peak, beyond the model, in float32 map bytes B of the kinds it records (both for a
-# refined model, one array for a vanilla one) and M of one kind: the captured maps and their copies out of the
-# capture, then the float16 copies (B / 2) of a large view. Measured on Refiner-ViT-L at 448 px (B = 2.52 GB, one
-# process, VmHWM above the loaded model): a float32 capture peaks at 4.98 GB (2.0 B), a float16 capture with the
-# default metrics at 3.83 GB; the default metrics go through the maps one layer at a time (at
-# most 4 threads with buffers of about two maps of one layer each, `analysis.attention_metrics`): 0.28-0.45 GB of
-# working memory for M = 1.26 GB on Refiner-ViT-L at 448 px (`benchmarks/metrics_speed.py`; 3.2 M before they
-# went layer by layer). The store reserves this while the capture runs (`app.map_store.MapStore.reserving`).
+# refined model, one array for a vanilla one) and M of one kind. A view's capture: the captured maps, then their
+# copies out of the capture (float32, or float16 for a large view: B / 2); measured on Refiner-ViT-L at 448 px
+# (B = 2.52 GB, one process, VmHWM above the loaded model) a float32 capture peaks at 4.98 GB (2.0 B). The metrics'
+# capture (`analysis.compare_view.capture_metrics`) holds every kind the forward records until it ends, then one
+# kind as captured (no copy) and the metrics' buffers, which go through the maps one layer at a time (at most 4
+# threads with about two maps of one layer each): 0.28-0.45 GB for M = 1.26 GB there
+# (`benchmarks/metrics_speed.py`). The store reserves this while the capture runs (`MapStore.reserving`).
 DRAW_WORKING_FACTOR = 2.0       # x B
 METRICS_WORKING_FACTOR = 0.5    # + x M
 # fp32 map bytes (B, M) of each source's last capture: a later capture reserves for what the model really records.
@@ -69,24 +69,19 @@ def _item(image_key: str, upload: Optional[bytes], canvas: str) -> ImageItem:
     return get_upload(upload) if upload is not None else get_sample(image_key, canvas)
 
 
-def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str, with_metrics: bool = False
-             ) -> ModelView:
+def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str) -> ModelView:
     """Captured maps of one model on one image: the forward pass runs once per (model, image) while the view
     is in the byte-bounded store; every session reads the same read-only arrays (no pickled copy).
 
     The image is named by its key (and, for uploads, its bytes, which are also what the key hashes), so
     changing the layer, head or query token never reaches the model again. A large view holds float16 display
-    maps (`analysis.compare_view.capture_view`); captured ``with_metrics`` (for the Analysis page) it also keeps
-    the default metrics computed from the float32 maps. The flag is not part of the key: a view captured for the
-    Compare page serves the Analysis page too, whose metrics then come from a float32 capture (`exact_view`).
+    maps (`analysis.compare_view.capture_view`); its metrics are kept beside it (`get_metrics`).
     """
     def compute() -> ModelView:
         item = _item(image_key, upload, canvas)
         model = get_model(source)
-        with st.spinner("Running the model..."), _CAPTURE, map_store().reserving(
-                capture_reserve_bytes(model, with_metrics)):
-            view = capture_view(model, item.image, box=item.box,
-                                metric_settings=(MetricSettings(),) if with_metrics else ())
+        with st.spinner("Running the model..."), _CAPTURE, map_store().reserving(capture_reserve_bytes(model)):
+            view = capture_view(model, item.image)
         _remember_map_bytes(source, view)
         return view
 
@@ -96,39 +91,38 @@ def get_view(source: str, image_key: str, upload: Optional[bytes], canvas: str, 
 
 def get_metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, settings: MetricSettings,
                 box: Optional[Sequence[float]]) -> Dict[str, np.ndarray]:
-    """Every metric of one model on one image, from float32 maps (`analysis.compare_view.view_metrics`).
+    """Every metric of one model on one image, always from float32 maps (`analysis.compare_view.view_metrics`).
 
-    A float32 view computes them from its maps, a float16 view returns those it kept from its capture. A float16
-    view kept without them (captured for the Compare page) is captured again with the default metrics and replaces
-    the kept one, so they are computed once; other settings run the model again in float32 and compute them from
-    that capture, not kept. Either capture runs in the capture slot and memory reservation of a capture, and no
-    reference to the float16 view is held meanwhile: evicted to make room, it must really be freed (1.3 GB at
-    N = 785, which would otherwise be alive outside the budget beside the float32 capture)."""
-    key = (source, image_key, canvas)
-    view = get_view(source, image_key, upload, canvas, with_metrics=True)
-    if view.exact or kept_metrics(view, settings, box) is not None:
-        return view_metrics(view, settings, box, exact_view=_no_capture)
-    item = _item(image_key, upload, canvas)
-    if settings == MetricSettings():  # what a with_metrics capture keeps (for the image's own box: the page's)
-        del view
-        map_store().discard(key)
-        view = get_view(source, image_key, upload, canvas, with_metrics=True)
-        kept = kept_metrics(view, settings, box)
-        if kept is not None:
-            return kept
-    del view
-    model = get_model(source)
-    with st.spinner("Running the model again in float32 for these metric settings..."), _CAPTURE, \
-            map_store().reserving(capture_reserve_bytes(model, True)):
-        exact = capture_view(model, item.image, precision="float32")
-        return view_metrics(exact, settings, box, exact_view=_no_capture)
+    A float32 view kept in the store gives them from its maps (no forward). Otherwise (the view is float16, or not
+    captured) they come from a float32 capture made for them (`analysis.compare_view.capture_metrics`), which keeps
+    no maps; the tables are kept in the map store under their own key (model, image, settings, box: a few MB at
+    N = 785), so a second visit, another session, or the same image after the Compare page costs nothing, and a
+    float16 view already kept for the Compare page stays as it is. The Analysis page draws no map, so it never
+    makes a display view for a large model."""
+    kept = map_store().peek((source, image_key, canvas))
+    if kept is not None and kept.exact:
+        return view_metrics(kept, settings, box, exact_metrics=_no_capture)
+    del kept  # a float16 view held here would be alive outside the budget if the capture below evicted it
+    box_key = None if box is None else tuple(float(v) for v in box)
 
+    def compute() -> Dict[str, np.ndarray]:
+        item = _item(image_key, upload, canvas)
+        model = get_model(source)
+        with st.spinner("Computing the metrics from a float32 capture..."), _CAPTURE, \
+                map_store().reserving(capture_reserve_bytes(model, for_metrics=True)):
+            values = capture_metrics(model, item.image, settings, box_key)
+        # Own copies: some tables are views of larger working arrays (cls_entropy of an (L, H, N) entropy table),
+        # which the store would otherwise keep (and count) whole.
+        return {key: np.array(value, copy=True) for key, value in values.items()}
 
-def _no_capture() -> ModelView:
-    raise AssertionError("a float32 view or kept metrics need no new capture")
+    return dict(map_store().get(("metrics", source, image_key, canvas, settings, box_key), compute))
 
 
-def capture_reserve_bytes(loaded: LoadedModel, with_metrics: bool) -> int:
+def _no_capture() -> Dict[str, np.ndarray]:
+    raise AssertionError("a float32 view gives its metrics from its own maps")
+
+
+def capture_reserve_bytes(loaded: LoadedModel, for_metrics: bool = False) -> int:
     """The memory one capture of ``loaded`` holds at its peak (`DRAW_WORKING_FACTOR`, `METRICS_WORKING_FACTOR`):
     from the model's last capture when there was one, else from its geometry (L blocks x H heads x N^2 float32
     maps of both kinds, an upper bound); 0 for a model whose layers the capture cannot list (it fails anyway)."""
@@ -139,12 +133,13 @@ def capture_reserve_bytes(loaded: LoadedModel, with_metrics: bool) -> int:
         except Exception:  # noqa: BLE001 - the capture itself reports an unsupported model, in words
             return 0
         tokens = loaded.info.num_prefix_tokens + loaded.info.grid_size[0] * loaded.info.grid_size[1]
-        heads = sum(int(getattr(a, "num_heads", 0) or getattr(a, "num_attention_heads", 0) or
-                        getattr(getattr(a, "attention", None), "num_attention_heads", 0) or 1) for a in layers)
+        heads = sum(layer_num_heads(a) or 1 for a in layers)
         one_kind = heads * tokens * tokens * 4
         known = (2 * one_kind, one_kind)
     held, one_kind = known
-    return int(DRAW_WORKING_FACTOR * held + (METRICS_WORKING_FACTOR * one_kind if with_metrics else 0))
+    if for_metrics:  # every kind the forward records, until it ends; then one kind and the metrics' buffers
+        return int(max(held, (1 + METRICS_WORKING_FACTOR) * one_kind))
+    return int(DRAW_WORKING_FACTOR * held)
 
 
 def _remember_map_bytes(source: str, view: ModelView) -> None:

@@ -41,8 +41,7 @@ def main() -> None:
         st.Page(ENTRIES / "compare.py", title="Compare", url_path="compare", visibility="hidden"),
     ]
     page = st.navigation(pages)
-    # The Analysis page's views are captured with their metrics (one float32 pass instead of two, `app.cached`).
-    set_context(render_sidebar(with_metrics=page.url_path == "analysis"))
+    set_context(render_sidebar())
     page.run()
 
 

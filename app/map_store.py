@@ -18,8 +18,8 @@ machine's memory, between `MIN_DEFAULT_BUDGET_MB` and `MAX_DEFAULT_BUDGET_MB` (`
 research-scale views (Refiner-ViT-L at 448 px and DINOv2-L at 518 px, 1.3-1.4 GB each in half precision) fit
 on a 24 GB machine. An array shared by two fields of a view (a vanilla model's softmax and effective maps are
 the same map) is counted once. The bytes are those the arrays really hold: a large view's float16 display maps
-(`analysis.compare_view.HALF_PRECISION_BYTES`) count half of their float32 size, and the metric tables it keeps
-(`analysis.compare_view.ViewMetrics`, inside tuples and mappings) are counted too.
+(`analysis.compare_view.HALF_PRECISION_BYTES`) count half of their float32 size. Other values are counted the same
+way (the metric tables of a large view, `app.cached.get_metrics`: every array inside tuples and mappings).
 """
 
 from __future__ import annotations
@@ -129,14 +129,13 @@ class MapStore(Generic[V]):
             self._put(key, value)
             return value
 
-    def discard(self, key: Hashable) -> bool:
-        """Drop ``key``'s view if it is kept (True), so that the next `get` computes it again."""
+    def peek(self, key: Hashable) -> Optional[V]:
+        """``key``'s value if it is kept (counted as a use), else None; never computes."""
         with self._lock:
             if key not in self._items:
-                return False
-            del self._items[key]
-            self._bytes -= self._sizes.pop(key)
-            return True
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
 
     @contextmanager
     def reserving(self, nbytes: int) -> Iterator[None]:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import streamlit as st
 
-from analysis.compare_view import ModelView, token_label
+from analysis.compare_view import ModelView, model_geometry, token_label
 from analysis.inputs import enlarged_notes
 from analysis.similarity import align_layers
 from refiner import LoadedModel, ModelSourceError
@@ -44,7 +44,6 @@ class Context:
         errors: messages about the selection (missing checkpoints, bad upload, ...).
         item: the current image.
         upload: the bytes of the current upload (None for samples), needed to key the caches.
-        with_metrics: capture new views with the Analysis page's default metrics (`app.cached.get_view`).
     """
 
     selection: Selection
@@ -52,7 +51,6 @@ class Context:
     errors: List[str]
     item: Optional[ImageItem]
     upload: Optional[bytes]
-    with_metrics: bool = False
 
     @property
     def ready(self) -> bool:
@@ -62,13 +60,14 @@ class Context:
     def views(self) -> Tuple[ModelView, ModelView]:
         """Captured maps of both models on the current image (cached per model and image)."""
         canvas = canvas_key(self.models[0].data if self.models[0] else None)
-        return tuple(cached.get_view(m.source, self.selection.img, self.upload, canvas,  # type: ignore[return-value]
-                                     self.with_metrics) for m in self.models)
+        return tuple(cached.get_view(m.source, self.selection.img, self.upload, canvas)  # type: ignore[return-value]
+                     for m in self.models)
 
-    def layers(self, views: Tuple[ModelView, ModelView]) -> Tuple[int, int]:
+    def layers(self) -> Tuple[int, int]:
         """0-based layer of A and of B at the same relative depth."""
         layer_a = self.selection.layer - 1
-        return layer_a, int(align_layers(views[0].depth, views[1].depth)[layer_a])
+        depths = [model_geometry(m).depth for m in self.models]
+        return layer_a, int(align_layers(depths[0], depths[1])[layer_a])
 
     @property
     def head(self):
@@ -140,9 +139,10 @@ def _uploads() -> Dict[str, Tuple[str, bytes]]:
     return dict(st.session_state.get(UPLOADS) or {})
 
 
-def render_sidebar(with_metrics: bool = False) -> Context:
-    """Draw the shared selection widgets and return the page context (``with_metrics``: the page shows metrics,
-    so views it captures keep them, `Context.with_metrics`)."""
+def render_sidebar() -> Context:
+    """Draw the shared selection widgets and return the page context. Nothing here runs a model: the layer, head and
+    query pickers take the models' geometry (`analysis.compare_view.model_geometry`), so only a page that draws
+    maps captures them."""
     params = st.query_params.to_dict()
     last = st.session_state.get(LAST_URL)
     errors: List[str] = []
@@ -209,22 +209,21 @@ def render_sidebar(with_metrics: bool = False) -> Context:
 
     layer, head, query = 1, "mean", 0
     if models[0] is not None and models[1] is not None:
-        view_a = cached.get_view(models[0].source, img, item_upload, canvas, with_metrics)
-        _seed("layer", "layer", params, last, lambda t: parse_int(t, view_a.depth, 1, view_a.depth),
-              view_a.depth)
-        st.session_state["layer"] = min(max(int(st.session_state["layer"]), 1), view_a.depth)
-        layer = sidebar.slider("Layer (model A; B follows by relative depth)", 1, view_a.depth, key="layer")
-        view_b = cached.get_view(models[1].source, img, item_upload, canvas, with_metrics)
-        heads = min(view_a.num_heads, view_b.num_heads)
+        geometry_a, geometry_b = model_geometry(models[0]), model_geometry(models[1])
+        depth = geometry_a.depth
+        _seed("layer", "layer", params, last, lambda t: parse_int(t, depth, 1, depth), depth)
+        st.session_state["layer"] = min(max(int(st.session_state["layer"]), 1), depth)
+        layer = sidebar.slider("Layer (model A; B follows by relative depth)", 1, depth, key="layer")
+        heads = min(geometry_a.num_heads, geometry_b.num_heads)
         head_options = ["mean", "max"] + [str(h) for h in range(heads)]
         _seed("head", "head", params, last, lambda t: parse_head(t, heads), "mean")
         if st.session_state["head"] not in head_options:
             st.session_state["head"] = "mean"
         head = sidebar.selectbox("Head", head_options, key="head",
                                  format_func=lambda h: f"{h} over heads" if h in ("mean", "max") else f"head {h}")
-        # The format function is kept by the session with the widget: it must hold these small values, not the
-        # view (whose maps would then stay alive after the map store dropped them, outside its budget).
-        prefix, grid, cls = view_a.num_prefix_tokens, view_a.grid, view_a.class_token_index
+        # The format function is kept by the session with the widget: it holds these small values, never a view
+        # (whose maps would then stay alive after the map store dropped them, outside its budget).
+        prefix, grid, cls = geometry_a.num_prefix_tokens, geometry_a.grid, geometry_a.class_token_index
         tokens = prefix + grid[0] * grid[1]
         _seed("q", "q", params, last, lambda t: parse_int(t, 0, 0, tokens - 1), 0)
         st.session_state["q"] = min(max(int(st.session_state["q"]), 0), tokens - 1)
@@ -238,8 +237,7 @@ def render_sidebar(with_metrics: bool = False) -> Context:
     if changes:
         st.query_params.from_dict(changes)
     st.session_state[LAST_URL] = selection.to_url()
-    return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload,
-                   with_metrics=with_metrics)
+    return Context(selection=selection, models=models, errors=errors, item=item, upload=item_upload)
 
 
 # Set by app.main before the page script runs, read by the page script; one value per script-run thread,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .capture_adapters import (SUPPORTED_FAMILIES, CaptureMismatchError, LayerSlot, UnsupportedAttentionError,
-                               adapter_for, attention_layers)
+                               adapter_for, attention_layers, layer_num_heads)
 from .model_geometry import AttentionMeta, grid_for_image, model_patch_size, token_layout
 
 QueryRows = Union[Sequence[int], slice, torch.Tensor, None]
@@ -99,8 +99,7 @@ def capture_attention(model: nn.Module, blocks: Optional[Iterable[int]] = None, 
     rec = AttentionCapture(softmax=[None] * depth, effective=[None] * depth, query_rows=rows)
     handles: List[torch.utils.hooks.RemovableHandle] = []
     restore: List[Callable[[], None]] = []
-    heads = [int(getattr(attn, "num_heads", getattr(attn, "num_attention_heads", 0)) or
-                 getattr(getattr(attn, "attention", None), "num_attention_heads", 0)) for attn in layers]
+    heads = [layer_num_heads(attn) for attn in layers]
     families = tuple(adapters[i].FAMILY if i in adapters else "" for i in range(depth))
     input_hw: List[int] = []
 

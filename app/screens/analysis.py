@@ -1,19 +1,21 @@
 """Analysis: the section 5 metrics of both models on the current image (DESIGN section 6).
 
-Metrics are computed from the cached captures of `app.cached.get_view` (no model runs again) and drawn by
-`analysis.figures`, the same builders ``refiner analyze`` uses, so the app and the CLI show the same plots.
+Metrics come from `app.cached.get_metrics` (a small model's kept float32 view, or a float32 capture made for them and
+kept as tables in the map store) and are drawn by `analysis.figures`, the same builders ``refiner analyze`` uses, so
+the app and the CLI show the same plots. The page draws no attention map, so it captures no display view.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 import streamlit as st
 
 from analysis import figures
 from analysis.attention_metrics import METRICS, MetricSettings, rollout_map
+from analysis.compare_view import model_picture
 
 from .. import cached
 from ..bundle import ViewContents, build_bundle, table_rows
@@ -25,14 +27,6 @@ from ..sidebar import Context
 
 # Drawn elsewhere on the page (similarity_vs_depth) or as a per-head scatter rather than a layer curve.
 SEPARATE = ("adjacent_similarity", "distance_px", "distance_patches", "cls_in_box")
-
-
-@st.cache_data(max_entries=32, show_spinner="Computing metrics...")
-def _metrics(source: str, image_key: str, upload: Optional[bytes], canvas: str, settings: MetricSettings,
-             box: Optional[Tuple[int, int, int, int]]) -> Dict[str, np.ndarray]:
-    """Every metric of one model on one image (cached per model, image and settings), from float32 maps: a
-    large view's float16 maps are only drawn (`analysis.compare_view.view_metrics`)."""
-    return cached.get_metrics(source, image_key, upload, canvas, settings, box)
 
 
 def _settings() -> MetricSettings:
@@ -64,9 +58,9 @@ def render(ctx: Context) -> None:
     results: Dict[str, Dict[str, np.ndarray]] = {}
     for slot, model in enumerate(ctx.models):
         label = f"{'AB'[slot]}: {model.label}"
-        results[label] = _metrics(model.source, ctx.selection.img, ctx.upload, canvas, settings, ctx.item.box)
-    # Only now: metrics may capture again, and a view held here meanwhile would be alive outside the map budget.
-    views = ctx.views()
+        # From float32 maps, kept in the map store (`app.cached.get_metrics`); no display view is made for them.
+        results[label] = cached.get_metrics(model.source, ctx.selection.img, ctx.upload, canvas, settings,
+                                            ctx.item.box)
     available = list(next(iter(results.values())))
     bundle_slot = st.container()  # filled last, once every figure exists
     contents = ViewContents(settings={"page": "analysis", **settings.to_dict()})
@@ -96,7 +90,7 @@ def render(ctx: Context) -> None:
     # Each model's rollout over the picture that model saw (same picture when preprocessing agrees).
     panels = {f"{k}: rollout" + ("" if key == "rollout_cls" else " (mean patch query: no CLS token)"): rollout
               for k, (key, rollout) in ((k, rollout_map(v)) for k, v in results.items())}
-    _show(figures.overlay_figure(views[0].picture, panels, "Attention rollout of the CLS query", box=ctx.item.box),
+    _show(figures.overlay_figure(model_picture(ctx.models[0], ctx.item.image), panels, "Attention rollout of the CLS query", box=ctx.item.box),
           "rollout-cls", contents)
 
     st.header("Tables")

@@ -69,7 +69,7 @@ def _options() -> Tuple[float, str, bool]:
 
 def _view_settings(ctx: Context, views: Sequence[ModelView], opacity: float, kind: str,
                    shared: bool) -> CompareSettings:
-    layers = ctx.layers(views)
+    layers = ctx.layers()
     return CompareSettings(layer_a=layers[0] + 1, layer_b=layers[1] + 1, head=ctx.selection.head,
                            query_a=ctx.selection.q, query_b=map_query(ctx.selection.q, views[0], views[1]),
                            map_kind=kind, opacity=opacity, shared_scale=shared)

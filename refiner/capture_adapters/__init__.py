@@ -71,3 +71,10 @@ def attention_layers(model: nn.Module) -> Tuple[List[nn.Module], List[int]]:
         class_layers = list(range(len(layers), len(layers) + len(extra)))
         layers += [b.attn for b in extra]
     return layers, class_layers
+
+
+def layer_num_heads(attn: nn.Module) -> int:
+    """Heads of one attention layer of `attention_layers` (timm ``num_heads``, Hugging Face ``num_attention_heads``,
+    or that of its inner ``attention`` module, the transformers 4 layout); 0 when it says none."""
+    return int(getattr(attn, "num_heads", getattr(attn, "num_attention_heads", 0)) or
+               getattr(getattr(attn, "attention", None), "num_attention_heads", 0) or 0)

@@ -1,4 +1,4 @@
-"""Half-precision display views (issue 10): float16 maps for drawing, every metric from the float32 capture."""
+"""Half-precision display views (issue 10): float16 maps for drawing, every metric from a float32 capture."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from PIL import Image
 import analysis.compare_view as compare_view
 import refiner
 from analysis.attention_metrics import MetricSettings, compute_map_metrics
-from analysis.compare_view import (HALF_PRECISION_BYTES, CompareSettings, ModelView, capture_view, compare_figures,
-                                   view_metrics)
+from analysis.compare_view import (HALF_PRECISION_BYTES, CompareSettings, ModelView, capture_metrics, capture_view,
+                                   compare_figures, model_geometry, view_metrics)
 from app.map_store import MapStore, nbytes_of
 from refiner import LoadedModel
 from refiner.loading import describe
@@ -68,26 +68,33 @@ def assert_same_metrics(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=0, err_msg=key)
 
 
+def assert_equal_metrics(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+OTHER_SETTINGS = MetricSettings(normalize="clip_rownorm", tau=0.3, map_kind="softmax")
+
+
 @pytest.mark.parametrize("name", ["vanilla", "refined", "official"])
-def test_float16_view_draws_half_maps_and_keeps_the_float32_metrics(models, image, name) -> None:
-    exact = capture_view(models[name], image, box=BOX, precision="float32")
-    half = capture_view(models[name], image, box=BOX, precision="float16", metric_settings=[MetricSettings()])
-    assert exact.exact and exact.metrics == () and exact.effective.dtype == np.float32
+def test_float16_view_draws_half_maps_and_its_metrics_come_from_a_float32_capture(models, image, name) -> None:
+    exact = capture_view(models[name], image, precision="float32")
+    half = capture_view(models[name], image, precision="float16")
+    assert exact.exact and exact.effective.dtype == np.float32
     assert not half.exact and half.effective.dtype == half.softmax.dtype == np.float16
     assert np.shares_memory(half.softmax, half.effective) == (name == "vanilla")
-    # The metrics shown come from the float32 maps: equal to a direct float32 capture, never touching float16.
-    got = view_metrics(half, MetricSettings(), BOX, exact_view=lambda: pytest.fail("default settings were kept"))
-    assert_same_metrics(got, direct_metrics(exact, MetricSettings()))
-    # Other settings (or no box) capture again in float32; the float16 maps would give other numbers.
-    calls = []
-    other = MetricSettings(normalize="clip_rownorm", tau=0.3, map_kind="softmax")
-    got = view_metrics(half, other, BOX, exact_view=lambda: calls.append(1) or exact)
-    assert calls == [1]
-    assert_same_metrics(got, direct_metrics(exact, other))
-    assert_same_metrics(view_metrics(half, MetricSettings(), None, exact_view=lambda: exact),
-                        direct_metrics(exact, MetricSettings(), None))
-    with pytest.raises(ValueError, match="float32"):
-        view_metrics(half, other, BOX, exact_view=lambda: half)
+    # A float16 view's metrics come from a float32 capture of their own: equal bit for bit to those of the float32
+    # view's maps (the softmax kind of shared blocks: their effective map, in both), for any settings and box.
+    for settings, box in ((MetricSettings(), BOX), (OTHER_SETTINGS, BOX), (MetricSettings(), None)):
+        calls = []
+        got = view_metrics(half, settings, box, exact_metrics=lambda: calls.append(1) or capture_metrics(
+            models[name], image, settings, box))
+        assert calls == [1]
+        assert_equal_metrics(got, direct_metrics(exact, settings, box))
+        # A float32 view computes them from its own maps.
+        assert_equal_metrics(view_metrics(exact, settings, box, exact_metrics=lambda: pytest.fail("captured")),
+                             direct_metrics(exact, settings, box))
     # The displayed maps are the float32 ones rounded to float16 (the softmax of shared blocks: their effective map).
     for kind in ("softmax", "effective"):
         np.testing.assert_allclose(half.maps(kind), exact.maps(kind), rtol=HALF_RTOL, atol=HALF_ATOL)
@@ -134,24 +141,20 @@ def test_drawn_figures_of_a_float16_view_are_the_float32_ones_within_half_precis
 
 def test_a_large_view_is_half_precision_and_its_store_bytes_are_halved(models, image, monkeypatch) -> None:
     """The "auto" rule: float32 up to `HALF_PRECISION_BYTES` of maps, float16 above; the store counts what is held."""
-    small = capture_view(models["refined"], image, box=BOX)
-    assert small.exact and small.metrics == ()  # small models behave as before
+    small = capture_view(models["refined"], image)
+    assert small.exact  # small models behave as before
     maps_bytes = small.effective.nbytes + small.softmax.nbytes
     assert maps_bytes <= HALF_PRECISION_BYTES
-    assert capture_view(models["refined"], image, box=BOX, metric_settings=[MetricSettings()]).exact
     monkeypatch.setattr(compare_view, "HALF_PRECISION_BYTES", maps_bytes - 1)
-    drawn_only = capture_view(models["refined"], image)
-    assert not drawn_only.exact and drawn_only.metrics == ()  # a view made to be drawn computes no metrics
-    large = capture_view(models["refined"], image, box=BOX, metric_settings=[MetricSettings()])
-    assert not large.exact and len(large.metrics) == 1 and large.metrics[0].settings == MetricSettings()
-    metric_bytes = sum(np.asarray(v).nbytes for v in large.metrics[0].values.values())
+    large = capture_view(models["refined"], image)
+    assert not large.exact
     store: MapStore[ModelView] = MapStore(10 * 2**30)
     store.get("small", lambda: small)
     small_bytes = store.stats().bytes
     store.get("large", lambda: large)
     large_bytes = store.stats().bytes - small_bytes
-    assert large_bytes == small_bytes - maps_bytes // 2 + metric_bytes  # the maps at half their bytes
-    assert not large.effective.flags.writeable and not large.metrics[0].values["similarity"].flags.writeable
+    assert large_bytes == small_bytes - maps_bytes // 2  # the maps at half their bytes
+    assert not large.effective.flags.writeable
 
 
 @pytest.mark.parametrize("name", ["vanilla", "refined", "official"])
@@ -160,13 +163,11 @@ def test_a_view_made_to_be_drawn_casts_the_capture_straight_to_float16(models, i
     float32 maps rounded to float16 (the softmax of shared blocks: their effective map)."""
     exact = capture_view(models[name], image, precision="float32")
     direct = capture_view(models[name], image, precision="float16")
-    via_float32 = capture_view(models[name], image, precision="float16", metric_settings=[MetricSettings()])
     for kind in ("softmax", "effective"):
         assert direct.maps(kind).dtype == np.float16
         np.testing.assert_array_equal(direct.maps(kind), exact.maps(kind).astype(np.float16))
-        np.testing.assert_array_equal(direct.maps(kind), via_float32.maps(kind))
     assert np.shares_memory(direct.softmax, direct.effective) == (name == "vanilla")
-    assert direct.metrics == () and not direct.exact
+    assert not direct.exact
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "official"])
@@ -207,13 +208,32 @@ def test_maps_beyond_float16_range_come_out_of_the_capture_in_float32(models, im
     assert run_with_capture(refined, x).effective.dtype == np.float32  # not asked: float32
 
 
-def test_a_map_beyond_float16_range_keeps_float32_rather_than_clipping() -> None:
-    maps = np.zeros((2, 1, 3, 3), np.float32)
-    assert compare_view._to_float16(maps) is not None
-    maps[1, 0, 2, 2] = -7e4  # |x| > 65504 overflows float16
-    assert compare_view._to_float16(maps) is None
-
-
 def test_unknown_precision_is_refused(models, image) -> None:
     with pytest.raises(ValueError, match="precision"):
         capture_view(models["vanilla"], image, precision="bfloat16")
+
+
+def family_cases() -> list:
+    """`FAMILY_CASES` of the capture tests (one model per attention family, with its geometry)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "refiner" / "test_capture_families.py"
+    spec = importlib.util.spec_from_file_location("capture_family_cases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [(case, module.build) for case in module.FAMILY_CASES]
+
+
+def test_model_geometry_is_the_geometry_of_its_views(models, image) -> None:
+    """The sidebar's pickers take `model_geometry` (no capture): it must be what a captured view has, for every
+    attention family (prefix tokens with and without CLS, registers, hybrids, CaiT's class-attention layers left out
+    of the view) and for our vanilla, refined and official models."""
+    cases = [(name, model) for name, model in models.items()]
+    for case, build in family_cases():
+        built = build(case)
+        cases.append((case.id, LoadedModel(model=built, info=describe(
+            built, name=case.name, source=case.id, kind="random", weights="test", weights_sha256="0"), label=case.id)))
+    for name, model in cases:
+        geometry = model_geometry(model)
+        assert geometry == capture_view(model, image).geometry, name

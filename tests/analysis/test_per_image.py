@@ -91,3 +91,45 @@ def test_capture_view_is_the_capture_of_the_models_own_input(pair) -> None:
         np.testing.assert_allclose(view.probs, logits.softmax(-1)[0].numpy(), atol=1e-6)
         assert view.has_softmax.all() and view.picture.shape == (32, 32, 3)
         assert np.shares_memory(view.softmax, view.effective) == (name == "vanilla")
+
+
+@pytest.mark.parametrize("kind", ["effective", "softmax"])
+def test_capture_layer_maps_are_the_captured_maps_of_one_kind_with_no_stacked_copy(pair, kind) -> None:
+    """The metrics' capture: each layer is the captured tensor's own memory, equal to `run_with_capture`'s stacked
+    maps; numpy allocates nothing of the maps' size (the stacked capture allocates all of them)."""
+    import tracemalloc
+
+    from analysis.per_image import capture_layer_maps
+
+    model = refiner.create_model("refined_vit_micro_patch4_32", img_size=96).eval()  # N = 577: 5 MB per kind
+    image = torch.rand(3, 96, 96)
+    stacked = run_with_capture(model, image[None])
+    tracemalloc.start()
+    try:
+        captured = capture_layer_maps(model, image, kind)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    want = stacked.effective if kind == "effective" else stacked.softmax
+    assert captured.maps.shape == want.shape[1:] and captured.maps.dtype == np.float32
+    for layer in range(len(captured.maps)):
+        np.testing.assert_array_equal(captured.maps[layer], want[0, layer])
+    assert peak < 0.1 * captured.maps.nbytes, (peak, captured.maps.nbytes)
+    np.testing.assert_array_equal(captured.logits, stacked.logits[0])
+    assert captured.has_softmax.all() and captured.meta.grid_size == stacked.meta.grid_size
+    with pytest.raises(ValueError, match="kind"):
+        capture_layer_maps(model, image, "rollout")
+
+
+def test_capture_layer_maps_of_shared_blocks_take_their_effective_map_for_softmax() -> None:
+    from analysis.per_image import capture_layer_maps
+    from refiner.official_refiner_vit import refiner_vit_s
+
+    torch.manual_seed(0)
+    model = refiner_vit_s(img_size=48, depth=4, embed_dim=32, num_heads=2, num_classes=7).eval()
+    image = torch.rand(3, 48, 48)
+    softmax, effective = (capture_layer_maps(model, image, kind) for kind in ("softmax", "effective"))
+    assert not softmax.has_softmax.all()
+    for layer, own in enumerate(softmax.has_softmax):
+        if not own:
+            np.testing.assert_array_equal(softmax.maps[layer], effective.maps[layer])

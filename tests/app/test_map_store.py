@@ -153,21 +153,21 @@ def test_a_capture_reserves_its_working_memory_from_the_geometry_then_from_what_
                                                     weights="test", weights_sha256="0"), label="v")
     one_kind = 4 * 4 * 65 * 65 * 4
     cached._MAP_BYTES.pop("reserve-test", None)
-    assert cached.capture_reserve_bytes(loaded, False) == int(2.0 * 2 * one_kind)   # both kinds: an upper bound
-    assert cached.capture_reserve_bytes(loaded, True) == int(2.0 * 2 * one_kind + 0.5 * one_kind)
+    assert cached.capture_reserve_bytes(loaded) == int(2.0 * 2 * one_kind)   # both kinds: an upper bound
+    # Metrics: every kind until the forward ends, then one kind and the metrics' buffers.
+    assert cached.capture_reserve_bytes(loaded, for_metrics=True) == 2 * one_kind
     cached._remember_map_bytes("reserve-test", capture_view(loaded, Image.new("RGB", (32, 32))))
-    assert cached.capture_reserve_bytes(loaded, False) == int(2.0 * one_kind)        # a vanilla model: one array
+    assert cached.capture_reserve_bytes(loaded) == int(2.0 * one_kind)        # a vanilla model: one array
+    assert cached.capture_reserve_bytes(loaded, for_metrics=True) == int(1.5 * one_kind)
     cached._MAP_BYTES.pop("reserve-test", None)
 
 
-def test_discard_drops_one_view_and_its_bytes() -> None:
+def test_peek_reads_a_kept_view_without_computing() -> None:
     store: MapStore[View] = MapStore(10 * 2**20)
-    one, two = view(1), view(2)
+    one = view(1)
+    assert store.peek("a") is None and store.stats().entries == 0
     store.get("a", lambda: one)
-    store.get("b", lambda: two)
-    assert store.discard("a") and not store.discard("a") and not store.discard("never")
-    stats = store.stats()
-    assert stats.entries == 1 and stats.bytes == nbytes_of(two) and stats.evictions == 0
-    calls = []
-    store.get("a", lambda: calls.append(1) or view(1))  # computed again
-    assert calls == [1] and store.stats().bytes == nbytes_of(one) + nbytes_of(two)
+    store.get("b", lambda: view(2))
+    assert store.peek("a") is one and store.peek("never") is None
+    store.get("c", lambda: view(7))  # over the budget: the least recently used goes, and peek was a use of "a"
+    assert store.peek("b") is None and store.peek("a") is one
