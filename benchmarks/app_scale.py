@@ -13,15 +13,16 @@ its memory is its own. Per model:
   ``load_s``: building the model here.
 - ``first_view_s``: a new image's Compare page until every chart is drawn (`tests.e2e.browser_app.settle`), the
   model already loaded on the server; ``first_view_minus_forward_s`` subtracts ``forward_s``: what the app adds
-  to the model's own forward (capture, metrics kept with a float16 view, figures, the browser's drawing).
+  to the model's own forward (capture, a float16 view's cast, figures, the browser's drawing).
   ``cold_view_s``: the very first view, which also loads the model on the server.
 - ``layer_redraw_s``, ``head_redraw_s``, ``query_redraw_s``: a layer change (sidebar slider, keyboard), a head
   change (sidebar picker) and a click on a patch of the overlay, each until the URL says the new value and
   every chart is redrawn; medians over ``--interactions``.
-- ``analysis_page_s``: from Compare to the Analysis page drawn, view kept (its metrics were computed at
-  capture); ``analysis_new_image_s``: the Analysis page of an image not captured yet (capture + metrics +
-  figures), and ``per_image_metrics_s`` = that minus ``forward_s``; ``analysis_other_settings_s``: a change of
-  the row normalisation until drawn (a large view's metrics for other settings capture again in float32).
+- ``analysis_page_s``: from Compare to the Analysis page drawn (a large view's metrics: a float32 capture made
+  for them, `analysis.compare_view.capture_metrics`); ``analysis_new_image_s``: the Analysis page of an image not
+  captured yet, opened by its link (the metrics' capture + metrics + figures; no display view is made), and
+  ``per_image_metrics_s`` = that minus ``forward_s``; ``analysis_other_settings_s``: a change of the row
+  normalisation until drawn (the metrics of other settings: another float32 capture).
 - ``peak_rss_gb``: the server's resident memory (its process and children, sampled every 0.25 s) while
   ``--sessions`` browser tabs each open ``--images`` images (a link per image, in step; half the tabs one image
   behind, so they read views the store keeps); ``limit_gb`` = the map budget + the server's memory with the
