@@ -6,7 +6,8 @@
 // plot (Plotly.newPlot, ~0.2 s per chart here) because its element id includes the figure.
 //
 // data: {figure: plotly JSON string, config: plotly config, revision: content hash, clickable: bool,
-//        plotlyUrl: path of plotly.min.js relative to the app's root}
+//        plotlyUrl: path of the plotly.js bundle relative to the app's root (app/charts.plotly_bundle)}
+// or {preload: true, plotlyUrl}: only start loading that bundle (app/charts.preload_plotly).
 // The plot node carries data-want (the revision asked for) and data-drawn (the revision on screen), so tests
 // and benchmarks can wait until every chart shows the current figure.
 
@@ -17,25 +18,33 @@ function appRoot() {
 }
 
 function loadPlotly(relativeUrl) {
-  if (window.Plotly) return Promise.resolve(window.Plotly);
-  // One load per page, shared by every chart element.
-  if (!window.__refinerPlotlyLoad) {
-    window.__refinerPlotlyLoad = new Promise((resolve, reject) => {
+  // One load per bundle and page, shared by every chart element. Each bundle sets window.Plotly when it runs,
+  // so the instance is taken at its onload and kept per bundle.
+  const loads = (window.__refinerPlotly = window.__refinerPlotly || {});
+  if (!loads[relativeUrl]) {
+    loads[relativeUrl] = new Promise((resolve, reject) => {
       const script = document.createElement("script");
       script.src = new URL(relativeUrl, appRoot()).href;
       script.onload = () => resolve(window.Plotly);
       script.onerror = () => {
-        window.__refinerPlotlyLoad = undefined;  // a later run may try again
+        delete loads[relativeUrl];  // a later run may try again
         reject(new Error("could not load plotly.js from " + script.src));
       };
       document.head.appendChild(script);
     });
   }
-  return window.__refinerPlotlyLoad;
+  return loads[relativeUrl];
 }
 
 export default function (component) {
   const { data, parentElement, setTriggerValue } = component;
+  if (data.preload) {  // app/charts.preload_plotly: start the load, draw nothing
+    loadPlotly(data.plotlyUrl).catch(() => undefined);
+    // Take no room: an empty element would still get the page's gap above the title.
+    const holder = parentElement.closest ? parentElement.closest('[data-testid="stElementContainer"]') : null;
+    if (holder) holder.style.display = "none";
+    return;
+  }
   let node = parentElement.querySelector("div.refiner-chart");
   if (!node) {
     node = document.createElement("div");
@@ -50,6 +59,12 @@ export default function (component) {
     .then((Plotly) => {
       if (node.dataset.want !== data.revision) return undefined;  // a newer figure arrived meanwhile
       const figure = JSON.parse(data.figure);
+      if (node.__plotly && node.__plotly !== Plotly) {
+        // This node was drawn by the other bundle (its figure's traces changed): start it afresh.
+        node.__plotly.purge(node);
+        node.__clickBound = false;
+      }
+      node.__plotly = Plotly;
       return Plotly.react(node, figure.data || [], figure.layout || {}, data.config || {}).then(() => {
         if (data.clickable && !node.__clickBound) {
           node.on("plotly_click", (event) => {

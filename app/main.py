@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from app.charts import preload_plotly  # noqa: E402
 from app.sidebar import render_sidebar, set_context  # noqa: E402
 
 
@@ -30,6 +31,7 @@ def main() -> None:
     ``render`` with the context drawn here, passed through a context variable of this run's thread.
     """
     st.set_page_config(page_title="Refiner attention", layout="wide")
+    preload_plotly()  # first, so the browser evaluates plotly.js while the sidebar and the page arrive
     pages = [
         # Served at "/"; a default page still reserves a pathname, so it gets one that is not "compare".
         st.Page(ENTRIES / "compare.py", title="Compare", url_path="home", default=True),

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -46,10 +46,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(checkpoints: Path, timeout: float = 120.0) -> Iterator[Tuple[str, float]]:
-    """Yield (url, time at which the server answered its health check); stop the server afterwards."""
+def running_app(checkpoints: Path, timeout: float = 120.0, env: Optional[Mapping[str, str]] = None
+                ) -> Iterator[Tuple[str, float]]:
+    """Yield (url, time at which the server answered its health check); stop the server afterwards.
+
+    ``env``: variables set for this server on top of this process's environment.
+    """
     port = free_port()
-    env = dict(os.environ, REFINER_APP_CHECKPOINTS=str(checkpoints))
+    env = dict(os.environ, REFINER_APP_CHECKPOINTS=str(checkpoints), **(env or {}))
     # Own process group: the server (refiner app and its Streamlit child) is stopped as a whole afterwards.
     process = subprocess.Popen([sys.executable, "-m", "refiner_cli", "app", "--port", str(port)], cwd=REPO,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
